@@ -1,0 +1,5 @@
+import sys
+
+from trashlib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,152 @@
+"""Figures for the notebooks and the offline HTML reports (executed notebooks and the run index)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trashlib.files import atomic_write_text
+
+if TYPE_CHECKING:
+    import matplotlib.figure
+    import pandas as pd
+
+    from trashlib.data import PreparedData
+    from trashlib.workbook import RunSummary
+
+# nbconvert's lab template pulls require.js, MathJax and mermaid from CDNs; reports must read offline.
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+"""
+
+
+def render_html(notebook: str | Path, out_html: str | Path) -> Path:
+    """An executed notebook as a self-contained HTML page that loads nothing from the network."""
+    import jinja2
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[jinja2.DictLoader({"trashlib_offline.html.j2": OFFLINE_TEMPLATE})])
+    exporter.template_file = "trashlib_offline.html.j2"
+    exporter.embed_images = True
+    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    return atomic_write_text(out_html, body)
+
+
+def write_index(report_dir: Path, summary: RunSummary, run_dir: Path) -> Path:
+    """reports/RUN/index.html: the run's data, profile, times, headline numbers and links."""
+    headlines: dict[str, dict[str, Any]] = {}
+    for f in sorted((run_dir / "headlines").glob("*.json")):
+        headlines[f.stem] = json.loads(f.read_text())
+    rows = []
+    for r in summary.results:
+        numbers = "<br>".join(f"{html.escape(str(k))}: {html.escape(_fmt(v))}"
+                              for k, v in headlines.get(r.notebook, {}).items())
+        link = f'<a href="{html.escape(r.html)}">{html.escape(r.notebook)}</a>' if r.html else html.escape(r.notebook)
+        status = html.escape(r.status + (f": {r.error}" if r.error else ""))
+        rows.append(f"<tr><td>{link}</td><td>{status}</td><td>{r.seconds:.1f}</td><td>{numbers}</td></tr>")
+    total = sum(r.seconds for r in summary.results)
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>trashlib run {html.escape(summary.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #bbb;padding:.3em .6em;vertical-align:top;text-align:left}}</style></head>
+<body><h1>trashlib run <code>{html.escape(summary.name)}</code></h1>
+<p>Profile <code>{html.escape(summary.profile)}</code> on data <code>{html.escape(summary.data)}</code>;
+run directory <code>{html.escape(summary.run_dir)}</code>; {total:.1f} s of notebook time;
+{'all notebooks succeeded' if summary.ok else '<b>a notebook failed</b>'}.</p>
+<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>headline numbers</th></tr>
+{''.join(rows)}
+</table></body></html>
+"""
+    return atomic_write_text(report_dir / "index.html", page)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+# --------------------------------------------------------------------------- EDA tables and figures
+
+def manifest_frame(data: PreparedData) -> pd.DataFrame:
+    """The manifest as a DataFrame with numeric columns and bbox size and aspect ratio."""
+    import pandas as pd
+
+    df = pd.DataFrame(data.rows)
+    for c in ("src_width", "src_height", "crop_x0", "crop_y0", "crop_x1", "crop_y1"):
+        df[c] = pd.to_numeric(df[c])
+    for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"):
+        df[c] = pd.to_numeric(df[c].replace("", np.nan))
+    w = df["bbox_w"].fillna(df["src_width"])
+    h = df["bbox_h"].fillna(df["src_height"])
+    df["box_side"] = np.sqrt(w * h)
+    df["aspect"] = w / h
+    return df
+
+
+def class_count_table(data: PreparedData) -> pd.DataFrame:
+    """Samples per class and split (train, val, test public, test private, total)."""
+    import pandas as pd
+
+    counts = data.meta["counts"]
+    table = pd.DataFrame({k: counts[k] for k in ("train", "val", "test/public", "test/private")})
+    table["total"] = table.sum(axis=1)
+    table.loc["all"] = table.sum()
+    return table
+
+
+def source_category_table(report: dict[str, Any], mapping_table: dict[str, str | None] | None) -> pd.DataFrame:
+    """Source categories before the mapping, what each maps to, and how many were excluded."""
+    import pandas as pd
+
+    rows = [{"category": c, "annotations": n,
+             "maps to": (mapping_table or {}).get(c, c) or "excluded"}
+            for c, n in sorted(report["source_category_counts"].items(), key=lambda kv: -kv[1])]
+    return pd.DataFrame(rows, columns=["category", "annotations", "maps to"])
+
+
+def plot_distributions(df: pd.DataFrame) -> matplotlib.figure.Figure:
+    """Class counts per split, box size and aspect ratio per class, source image sizes."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    sns.countplot(data=df, y="label", hue="split", hue_order=["train", "val", "test"], ax=axes[0, 0],
+                  order=sorted(df["label"].unique()))
+    axes[0, 0].set_title("samples per class and split")
+    sns.boxplot(data=df, x="box_side", y="label", ax=axes[0, 1], order=sorted(df["label"].unique()))
+    axes[0, 1].set_title("object size (sqrt of box area, px)")
+    sns.histplot(data=df, x="aspect", hue="label", hue_order=sorted(df["label"].unique()), log_scale=True, element="step", ax=axes[1, 0])
+    axes[1, 0].set_title("box aspect ratio (w / h)")
+    sizes = df.drop_duplicates("source")
+    axes[1, 1].scatter(sizes["src_width"], sizes["src_height"], s=8, alpha=0.5)
+    axes[1, 1].set(title="source image sizes", xlabel="width (px)", ylabel="height (px)")
+    fig.tight_layout()
+    return fig
+
+
+def crop_grid(data: PreparedData, per_class: int = 8, seed: int = 0) -> matplotlib.figure.Figure:
+    """A grid of sample crops, one row per class."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    classes = [c for c in data.classes if any(r["label"] == c for r in data.rows)]
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 1.3, len(classes) * 1.4), squeeze=False)
+    for i, cls in enumerate(classes):
+        idx = [j for j, r in enumerate(data.rows) if r["label"] == cls]
+        pick = rng.choice(idx, size=min(per_class, len(idx)), replace=False)
+        for k, ax in enumerate(axes[i]):
+            ax.axis("off")
+            if k < len(pick):
+                ax.imshow(data.crops[pick[k]])
+        axes[i, 0].set_title(cls, loc="left", fontsize=9)
+    fig.tight_layout()
+    return fig

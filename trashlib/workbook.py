@@ -1,0 +1,310 @@
+"""Run directory, profiles and the papermill runner that executes the numbered notebooks in order."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trashlib.data import PrepareConfig, PreparedData, load_prepared, prepare_dataset
+from trashlib.files import atomic_write_json, atomic_write_text, read_json
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+PROFILE_DIR = NOTEBOOK_DIR / "params"
+SYNTHETIC = "synthetic"
+
+
+class ParameterError(ValueError):
+    """A profile or parameter the workbook refuses before anything runs."""
+
+
+# --------------------------------------------------------------------------- run directory
+
+@dataclass
+class Run:
+    """One run directory: every notebook reads its inputs from it and writes its outputs to it."""
+
+    run_dir: Path
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run directory; its parent folder is created."""
+        p = self.run_dir.joinpath(*parts)
+        if not p.resolve().is_relative_to(self.run_dir.resolve()):
+            raise ParameterError(f"path {'/'.join(parts)!r} leads out of the run directory {self.run_dir}")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def data(self, data: str = SYNTHETIC, config: PrepareConfig | None = None,
+             synthetic_images: int = 200, progress: bool = True) -> PreparedData:
+        """The run's prepared data: the cache in `data/` when current, else prepared from `data`."""
+        source = resolve_data(data, self.run_dir, synthetic_images=synthetic_images,
+                              seed=(config or PrepareConfig()).seed)
+        return prepare_dataset(source, self.run_dir / "data", config or PrepareConfig(), progress=progress)
+
+    def prepared(self, data: str = SYNTHETIC, synthetic_images: int = 200) -> PreparedData:
+        """What notebook 00 prepared; when it is absent (a notebook run alone) a stand-in is prepared."""
+        if (self.run_dir / "data" / "dataset.json").is_file():
+            return load_prepared(self.run_dir / "data")
+        print(f"no prepared data in {self.run_dir / 'data'}: preparing a stand-in from {data!r}")
+        return self.data(data, synthetic_images=synthetic_images)
+
+    def write_metrics(self, stage: str, metrics: dict[str, Any], params: dict[str, Any]) -> Path:
+        """`<stage>/metrics.json`: the numbers with the parameters, data manifest and versions that made them."""
+        manifest = self.run_dir / "data" / "dataset.json"
+        doc = {"metrics": metrics, "params": params, "environment": environment(),
+               "data_manifest_sha256": read_json(manifest).get("manifest_sha256") if manifest.is_file() else None}
+        return atomic_write_json(self.path(stage, "metrics.json"), doc)
+
+    def headline(self, notebook: str, numbers: dict[str, Any]) -> Path:
+        """A few headline numbers for the report index."""
+        return atomic_write_json(self.path("headlines", f"{notebook}.json"), numbers)
+
+
+def open_run(run_dir: str | Path) -> Run:
+    d = Path(run_dir).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    return Run(d)
+
+
+def environment() -> dict[str, str]:
+    """Package versions that a number depends on."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "trashlib"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def resolve_data(data: str, run_dir: Path, synthetic_images: int = 200, seed: int = 0) -> Path:
+    """`synthetic` -> the generated default inside the run directory; anything else must be a path."""
+    if data == SYNTHETIC:
+        from trashlib.synthetic import make_synthetic_coco
+
+        return make_synthetic_coco(Path(run_dir) / "synthetic", n_images=synthetic_images, seed=seed)
+    p = Path(data).expanduser()
+    if not p.exists():
+        raise ParameterError(f"data={data!r}: no such file or folder (give a COCO folder, an ImageFolder "
+                             f"or '{SYNTHETIC}')")
+    return p.resolve()
+
+
+# --------------------------------------------------------------------------- profiles and parameters
+
+def list_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks, in order."""
+    return sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_parameters(nb: Path) -> dict[str, Any]:
+    """The literal defaults of a notebook's `parameters` cell."""
+    import nbformat
+
+    doc = nbformat.read(nb, as_version=4)
+    for cell in doc.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            out: dict[str, Any] = {}
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    out[node.targets[0].id] = ast.literal_eval(node.value)
+            return out
+    raise ParameterError(f"{nb.name} has no cell tagged 'parameters'")
+
+
+def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict[str, Any]:
+    """A profile's YAML: flat keys for every notebook, plus optional per-notebook sections."""
+    path = profile_dir / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in profile_dir.glob("*.yaml"))
+        raise ParameterError(f"unknown profile {name!r}: choose one of {known}")
+    doc = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(doc, dict):
+        raise ParameterError(f"profile {path}: must be a mapping of parameter names to values")
+    return doc
+
+
+def _check_type(key: str, value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    elif default is None:
+        ok = True
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ParameterError(f"parameter {key}={value!r} ({where}): expected {type(default).__name__} "
+                             f"like the default {default!r}")
+    return value
+
+
+def resolve_parameters(profile: dict[str, Any], overrides: dict[str, Any],
+                       notebooks: list[Path]) -> dict[str, dict[str, Any]]:
+    """Per notebook, the parameters it declares, from the profile and overrides, type-checked."""
+    declared = {nb.stem: notebook_parameters(nb) for nb in notebooks}
+    all_names = set().union(*declared.values()) if declared else set()
+    sections = {k: v for k, v in profile.items() if k in declared}
+    flat = {k: v for k, v in profile.items() if k not in declared}
+    for section, values in sections.items():
+        if not isinstance(values, dict):
+            raise ParameterError(f"profile section {section!r} must be a mapping")
+        unknown = set(values) - set(declared[section])
+        if unknown:
+            raise ParameterError(f"profile section {section!r}: unknown parameter(s) {sorted(unknown)}")
+    unknown = (set(flat) | set(overrides)) - all_names
+    if unknown:
+        raise ParameterError(f"unknown parameter(s) {sorted(unknown)}: no notebook declares them "
+                             f"(known: {sorted(all_names)})")
+    out: dict[str, dict[str, Any]] = {}
+    for stem, defaults in declared.items():
+        merged = {k: v for k, v in flat.items() if k in defaults}
+        merged.update(sections.get(stem, {}))
+        merged.update({k: v for k, v in overrides.items() if k in defaults})
+        out[stem] = {k: _check_type(k, v, defaults[k], stem) for k, v in merged.items()}
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` from the command line; the value is read as YAML (numbers, booleans, lists)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise ParameterError(f"-p {text!r}: expected NAME=VALUE")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"-p {text!r}: value is not valid YAML ({exc})") from None
+
+
+# --------------------------------------------------------------------------- runner
+
+@dataclass
+class NotebookResult:
+    notebook: str
+    status: str  # ran | up to date | failed
+    seconds: float
+    html: str = ""
+    error: str = ""
+
+
+@dataclass
+class RunSummary:
+    name: str
+    profile: str
+    data: str
+    run_dir: str
+    report_dir: str
+    results: list[NotebookResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status != "failed" for r in self.results)
+
+
+def _stamp(nb: Path, params: dict[str, Any], previous: str) -> str:
+    h = hashlib.sha256(nb.read_bytes())
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    h.update(previous.encode())
+    return h.hexdigest()
+
+
+def run_workbook(profile: str, data: str, name: str, overrides: dict[str, Any] | None = None,
+                 only: list[str] | None = None, force: bool = False, runs_root: Path | None = None,
+                 reports_root: Path | None = None, notebook_dir: Path = NOTEBOOK_DIR,
+                 log: Any = print) -> RunSummary:
+    """Execute the numbered notebooks with papermill into runs/NAME and render reports/NAME.
+
+    A notebook whose parameters, source and predecessors are unchanged since its last successful run
+    is not run again (`force` reruns everything).
+    """
+    import papermill
+
+    from trashlib.report import render_html, write_index
+
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise ParameterError(f"run name {name!r}: use letters, digits, '-', '_' and '.' only")
+    notebooks = list_notebooks(notebook_dir)
+    if only:
+        wanted = set(only)
+        missing = wanted - {nb.stem[:2] for nb in notebooks} - {nb.stem for nb in notebooks}
+        if missing:
+            raise ParameterError(f"--notebooks: no notebook {sorted(missing)} in {notebook_dir}")
+    per_nb = resolve_parameters(load_profile(profile), dict(overrides or {}), notebooks)
+    data_arg = data if data == SYNTHETIC else str(resolve_data(data, Path(".")))
+    runs_root = Path(runs_root or PROJECT_ROOT / "runs").resolve()
+    reports_root = Path(reports_root or PROJECT_ROOT / "reports").resolve()
+    run_dir, report_dir = runs_root / name, reports_root / name
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(
+        {"profile": profile, "data": data_arg, "overrides": overrides or {}, "notebooks": per_nb}, sort_keys=True))
+
+    summary = RunSummary(name, profile, data_arg, str(run_dir), str(report_dir))
+    previous = ""
+    for i, nb in enumerate(notebooks, 1):
+        if only and nb.stem not in only and nb.stem[:2] not in only:
+            continue
+        params = {**per_nb[nb.stem], "run_dir": str(run_dir), "data": data_arg}
+        params = {k: v for k, v in params.items() if k in notebook_parameters(nb)}
+        out_nb = run_dir / "notebooks" / nb.name
+        stamp_file = run_dir / "notebooks" / f".{nb.stem}.stamp"
+        stamp = _stamp(nb, params, previous)
+        previous = stamp
+        html = report_dir / f"{nb.stem}.html"
+        if not force and out_nb.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
+            log(f"[{i}/{len(notebooks)}] {nb.stem}: up to date, skipped")
+            summary.results.append(NotebookResult(nb.stem, "up to date", 0.0, html.name))
+            if not html.is_file():
+                render_html(out_nb, html)
+            continue
+        log(f"[{i}/{len(notebooks)}] {nb.stem}: running ...")
+        t0 = time.perf_counter()
+        stamp_file.unlink(missing_ok=True)
+        try:
+            papermill.execute_notebook(str(nb), str(out_nb), parameters=params, cwd=str(nb.parent),
+                                       kernel_name="python3", progress_bar=False, log_output=False)
+        except Exception as exc:  # papermill wraps the cell's error; keep its first line
+            seconds = time.perf_counter() - t0
+            first = str(exc).strip().splitlines()
+            msg = next((line for line in reversed(first) if line.strip()), type(exc).__name__)
+            if out_nb.is_file():
+                render_html(out_nb, html)
+            summary.results.append(NotebookResult(nb.stem, "failed", seconds, html.name, msg[:300]))
+            log(f"[{i}/{len(notebooks)}] {nb.stem}: FAILED after {seconds:.1f} s: {msg[:300]}")
+            break
+        seconds = time.perf_counter() - t0
+        atomic_write_text(stamp_file, stamp)
+        render_html(out_nb, html)
+        summary.results.append(NotebookResult(nb.stem, "ran", seconds, html.name))
+        log(f"[{i}/{len(notebooks)}] {nb.stem}: done in {seconds:.1f} s -> {html}")
+    write_index(report_dir, summary, run_dir)
+    log(f"report: {report_dir / 'index.html'}")
+    return summary
+
+
+def main_run(argv_profile: str, data: str, name: str, params: list[str], only: list[str] | None,
+             force: bool) -> int:
+    """The `run` command: one clear line on a bad parameter, non-zero exit when a notebook fails."""
+    try:
+        overrides = dict(parse_override(p) for p in params)
+        summary = run_workbook(argv_profile, data, name, overrides, only, force)
+    except ParameterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if summary.ok else 1

@@ -245,7 +245,7 @@ def run_workbook(profile: str, data: str, name: str, overrides: dict[str, Any] |
         missing = wanted - {nb.stem[:2] for nb in notebooks} - {nb.stem for nb in notebooks}
         if missing:
             raise ParameterError(f"--notebooks: no notebook {sorted(missing)} in {notebook_dir}")
-    per_nb = resolve_parameters(load_profile(profile), dict(overrides or {}), notebooks)
+    per_nb = resolve_parameters(load_profile(profile, notebook_dir / "params"), dict(overrides or {}), notebooks)
     data_arg = data if data == SYNTHETIC else str(resolve_data(data, Path(".")))
     runs_root = Path(runs_root or PROJECT_ROOT / "runs").resolve()
     reports_root = Path(reports_root or PROJECT_ROOT / "reports").resolve()

@@ -1,0 +1,281 @@
+"""Timing and size: latency, throughput, submit time, MACs, size on disk, machine info."""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+T = TypeVar("T")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, torch threads, library versions, python and platform."""
+    return {
+        "cpu_model": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "onnxruntime": _version("onnxruntime"),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def measure_latency(
+    fn: Callable[[], Any], warmup: int = 10, runs: int = 50, min_seconds: float = 0
+) -> dict[str, float | int]:
+    """Time ``fn()`` call by call after ``warmup`` calls: at least ``runs`` calls and, when
+    ``min_seconds`` > 0, until that much time has passed. Returns median/p90/mean/min in ms."""
+    _check_count("warmup", warmup, minimum=0)
+    _check_count("runs", runs, minimum=1)
+    if not min_seconds >= 0:
+        raise ValueError(f"min_seconds must be >= 0, got {min_seconds!r}")
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < runs or time.perf_counter() - started < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return _summary(times)
+
+
+def latency_for_model(
+    model: nn.Module,
+    image_size: int,
+    batch_size: int = 1,
+    threads: int = 1,
+    warmup: int = 10,
+    runs: int = 50,
+    min_seconds: float = 0,
+) -> dict[str, Any]:
+    """Latency of ``model(x)`` in eval mode under ``torch.inference_mode()`` with ``threads``
+    torch threads, for a random input at the model's own ``image_size``."""
+    _check_count("image_size", image_size, minimum=1)
+    _check_count("batch_size", batch_size, minimum=1)
+    _check_count("threads", threads, minimum=1)
+    x = _example_input(model, batch_size, image_size)
+    model.eval()
+    with _torch_threads(threads), torch.inference_mode():
+        result = measure_latency(lambda: model(x), warmup=warmup, runs=runs,
+                                 min_seconds=min_seconds)
+    return {**result, "image_size": image_size, "batch_size": batch_size, "threads": threads,
+            "input_shape": list(x.shape)}
+
+
+def compare_latency(
+    variants: dict[str, Callable[[], Any]],
+    rounds: int = 7,
+    runs_per_round: int = 10,
+    warmup: int = 5,
+) -> dict[str, dict[str, float | int]]:
+    """Interleave the variants round by round in this process (rotating who goes first) and
+    return each one's summary plus ``ratio_vs_first``: its median over the first variant's."""
+    if not variants:
+        raise ValueError("variants must name at least one callable")
+    _check_count("rounds", rounds, minimum=1)
+    _check_count("runs_per_round", runs_per_round, minimum=1)
+    _check_count("warmup", warmup, minimum=0)
+    names = list(variants)
+    for name in names:
+        for _ in range(warmup):
+            variants[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = variants[name]
+            for _ in range(runs_per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    summaries = {name: _summary(times[name]) for name in names}
+    reference = summaries[names[0]]["median_ms"]
+    for summary in summaries.values():
+        summary["ratio_vs_first"] = (summary["median_ms"] / reference if reference > 0
+                                     else float("inf"))
+    return summaries
+
+
+def throughput(
+    model: nn.Module,
+    image_size: int,
+    batch_size: int = 32,
+    threads: int | None = None,
+    warmup: int = 2,
+    runs: int = 10,
+) -> dict[str, Any]:
+    """Images per second of ``model`` on batches of ``batch_size`` at ``image_size``."""
+    _check_count("batch_size", batch_size, minimum=1)
+    threads = torch.get_num_threads() if threads is None else threads
+    timing = latency_for_model(model, image_size, batch_size=batch_size, threads=threads,
+                               warmup=warmup, runs=runs)
+    return {
+        "images_per_s": batch_size / (timing["median_ms"] / 1e3),
+        "batch_median_ms": timing["median_ms"],
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "threads": threads,
+    }
+
+
+def count_macs(model: nn.Module, image_size: int) -> int:
+    """Multiply-accumulates of one forward pass at batch 1 (FLOPs / 2 by FlopCounterMode)."""
+    _check_count("image_size", image_size, minimum=1)
+    x = _example_input(model, 1, image_size)
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops() // 2)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def saved_size_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``, measured in memory."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def measure_submit_time(
+    predict_batch: Callable[[np.ndarray], np.ndarray],
+    items: Sequence[T],
+    load: Callable[[T], np.ndarray],
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Wall time to decode (``load`` one item -> uint8 HWC) and predict (``predict_batch`` on a
+    uint8 NHWC batch -> labels) every item, as a submission would on the files on disk."""
+    _check_count("batch_size", batch_size, minimum=1)
+    if len(items) == 0:
+        raise ValueError("items is empty: nothing to time")
+    predictions: list[int] = []
+    load_seconds = predict_seconds = 0.0
+    started = time.perf_counter()
+    for start in range(0, len(items), batch_size):
+        t0 = time.perf_counter()
+        arrays = [load(item) for item in items[start:start + batch_size]]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1 or any(a.dtype != np.uint8 or a.ndim != 3 for a in arrays):
+            raise ValueError(
+                f"load must return uint8 HWC arrays of one shape; batch at item {start} has "
+                f"shapes {sorted(shapes)} and dtypes {sorted({str(a.dtype) for a in arrays})}"
+            )
+        batch = np.stack(arrays)
+        t1 = time.perf_counter()
+        labels = np.asarray(predict_batch(batch)).reshape(-1)
+        t2 = time.perf_counter()
+        if len(labels) != len(arrays):
+            raise ValueError(
+                f"predict_batch returned {len(labels)} labels for a batch of {len(arrays)}"
+            )
+        predictions.extend(int(label) for label in labels)
+        load_seconds += t1 - t0
+        predict_seconds += t2 - t1
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "n": len(predictions),
+        "images_per_s": len(predictions) / seconds if seconds > 0 else float("inf"),
+        "load_seconds": load_seconds,
+        "predict_seconds": predict_seconds,
+        "batch_size": batch_size,
+        "predictions": predictions,
+    }
+
+
+def peak_gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """Measured fp32 matrix-multiply rate with the current torch threads: 2 n^3 / median time."""
+    _check_count("n", n, minimum=1)
+    _check_count("repeats", repeats, minimum=1)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator)
+    b = torch.randn(n, n, generator=generator)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / statistics.median(times) / 1e9
+
+
+def floor_ms(macs: int, gflops: float) -> float:
+    """The compute floor for one forward pass: 2 * MACs FLOPs at ``gflops`` GFLOP/s, in ms."""
+    if macs < 0 or not gflops > 0:
+        raise ValueError(f"need macs >= 0 and gflops > 0, got macs={macs!r}, gflops={gflops!r}")
+    return 2.0 * macs / (gflops * 1e9) * 1e3
+
+
+def _summary(times_ms: list[float]) -> dict[str, float | int]:
+    ordered = sorted(times_ms)
+    return {
+        "median_ms": statistics.median(ordered),
+        "p90_ms": float(np.percentile(ordered, 90)),
+        "mean_ms": statistics.fmean(ordered),
+        "min_ms": ordered[0],
+        "runs": len(ordered),
+    }
+
+
+def _example_input(model: nn.Module, batch_size: int, image_size: int) -> torch.Tensor:
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(device)
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _check_count(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")

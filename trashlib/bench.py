@@ -279,3 +279,45 @@ def _version(package: str) -> str | None:
 def _check_count(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def profile_model(
+    model: nn.Module,
+    image_size: int,
+    normalization: dict[str, Sequence[float]],
+    data: Any,
+    threads: int = 2,
+    split: str = "test",
+    runs: int = 50,
+) -> dict[str, Any]:
+    """Everything the leaderboard needs about one model's cost, measured with one harness.
+
+    ``data`` is a ``trashlib.data.PreparedData``: the submit time decodes the ``split``'s crops from
+    the source files on disk (as a submission would), so decode and preprocessing are included.
+    """
+    from trashlib.data import load_crop
+    from trashlib.train import preprocess
+
+    model.eval()
+    root, side = Path(data.meta["source_root"]), int(data.meta["config"]["cache_side"])
+    rows = data.split_rows(split)
+
+    def predict_batch(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = preprocess(batch, image_size, normalization["mean"], normalization["std"])
+            return model(x).argmax(1).numpy()
+
+    with _torch_threads(threads):
+        submit = measure_submit_time(predict_batch, rows, lambda r: load_crop(root, r, side))
+    return {
+        "latency_b1": latency_for_model(model, image_size, 1, threads, runs=runs),
+        "throughput_b32": throughput(model, image_size, 32, threads, runs=max(3, runs // 10)),
+        "submit": {k: v for k, v in submit.items() if k != "predictions"},
+        "submit_predictions": submit["predictions"],
+        "macs": count_macs(model, image_size),
+        "params": count_params(model),
+        "size_bytes": saved_size_bytes(model),
+        "image_size": image_size,
+        "threads": threads,
+        "machine": machine_info(),
+    }

@@ -150,3 +150,43 @@ def crop_grid(data: PreparedData, per_class: int = 8, seed: int = 0) -> matplotl
         axes[i, 0].set_title(cls, loc="left", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- training and evaluation figures
+
+def plot_training(history: list[dict[str, Any]], title: str = "") -> matplotlib.figure.Figure:
+    """Learning curves: train and val loss, and val macro-F1, per epoch."""
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(11, 3.5))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], marker="o", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{title} loss".strip())
+    ax_loss.legend()
+    ax_f1.plot(epochs, [h["val_macro_f1"] for h in history], marker="o", color="C2")
+    ax_f1.set(xlabel="epoch", ylabel="macro-F1", ylim=(0, 1), title=f"{title} validation macro-F1".strip())
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(metrics: dict[str, Any], class_names: list[str], title: str = "") -> matplotlib.figure.Figure:
+    """Row-normalised confusion matrix with counts."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    cm = np.asarray(metrics["confusion_matrix"], dtype=float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.1 * len(class_names) + 2, 0.9 * len(class_names) + 1.5))
+    sns.heatmap(norm, annot=cm.astype(int), fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=False,
+                xticklabels=class_names, yticklabels=class_names, ax=ax)
+    ax.set(xlabel="predicted", ylabel="true", title=title or f"macro-F1 {metrics['macro_f1']:.3f}")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class."""
+    import pandas as pd
+
+    return pd.DataFrame(metrics["per_class"]).T.round(3)

@@ -54,3 +54,11 @@ def _check_positive(name: str, value: float) -> None:
     _check_number(name, value)
     if value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def score_candidate(f1: float, t: float, baseline_f1: float | None = None,
+                    baseline_t: float | None = None) -> dict[str, float | None]:
+    """Both scores of one candidate: with the published constants and, when given, against the baseline."""
+    relative = (relative_score(f1, t, baseline_f1, baseline_t)
+                if baseline_f1 is not None and baseline_t is not None else None)
+    return {"score_published": competition_score(f1, t), "score_relative": relative}

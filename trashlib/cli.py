@@ -1,4 +1,4 @@
-"""Command line: `python -m trashlib run|prepare|synthetic ...`."""
+"""Command line: `python -m trashlib run|prepare|synthetic|tune-create|tune-worker ...`."""
 
 from __future__ import annotations
 
@@ -32,7 +32,34 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--out", required=True)
     syn.add_argument("--images", type=int, default=200)
     syn.add_argument("--seed", type=int, default=0)
+
+    create = sub.add_parser("tune-create", help="create an architecture-search study (or check that "
+                                                "the existing one has these settings)")
+    _storage_arguments(create)
+    create.add_argument("--mode", choices=("multi", "reward"), default="multi",
+                        help="multi: maximize F1 and minimize latency; reward: MnasNet's reward")
+    create.add_argument("--space", default=None, help="YAML/JSON file of SearchSpace fields")
+    create.add_argument("--epochs", type=int, default=3, help="training epochs per trial")
+    create.add_argument("--batch-size", type=int, default=32)
+    create.add_argument("--threads", type=int, default=1, help="torch threads for training and latency")
+    create.add_argument("--target-ms", type=float, default=5.0, help="latency target T of the reward")
+    create.add_argument("--latency-runs", type=int, default=30)
+
+    worker = sub.add_parser("tune-worker", help="run trials of an existing study (start one per core/machine)")
+    _storage_arguments(worker)
+    worker.add_argument("--data-dir", required=True, help="prepared data: RUN_DIR/data")
+    worker.add_argument("--n-trials", type=int, required=True, help="most trials this worker runs")
+    worker.add_argument("--max-trials", type=int, default=None,
+                        help="stop once this many trials have finished over all workers")
+    worker.add_argument("--timeout", type=float, default=None, help="seconds before starting no more trials")
+    worker.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
     return parser
+
+
+def _storage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", required=True,
+                        help="database URL (postgresql://...) or journal file (RUN_DIR/search/journal.log)")
+    parser.add_argument("--study", required=True, help="study name")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +85,34 @@ def main(argv: list[str] | None = None) -> int:
 
         print(make_synthetic_coco(Path(args.out), n_images=args.images, seed=args.seed))
         return 0
+    if args.command in ("tune-create", "tune-worker"):
+        return _tune(args)
     return 2
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from trashlib.data import DataError, load_prepared
+    from trashlib.tune import (FINISHED, SearchData, SearchSettings, SearchSpace, TuneError, open_search,
+                               run_search)
+
+    try:
+        if args.command == "tune-create":
+            space = SearchSpace.from_file(args.space) if args.space else SearchSpace()
+            settings = SearchSettings(space=space, mode=args.mode, epochs=args.epochs,
+                                      batch_size=args.batch_size, threads=args.threads,
+                                      target_ms=args.target_ms, latency_runs=args.latency_runs)
+            study, _ = open_search(args.storage, args.study, settings)
+            print(f"study {args.study!r} ready ({args.mode}, {len(study.trials)} trials so far)")
+            return 0
+        data = SearchData.from_prepared(load_prepared(args.data_dir))
+        study = run_search(args.storage, args.study, data, n_trials=args.n_trials,
+                           timeout=args.timeout, seed=args.seed, max_trials=args.max_trials)
+    except (TuneError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    print(f"worker done: study {args.study!r} has {finished} complete or pruned trials")
+    return 0
 
 
 if __name__ == "__main__":

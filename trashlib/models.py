@@ -1,4 +1,9 @@
-"""Model zoo: build by name, pretrained weights, save and load with the architecture spec."""
+"""Model zoo: build by name, pretrained weights, save and load with the architecture spec.
+
+Besides the fixed zoo (``MODEL_NAMES``) there is ``"searched"``: a network from MnasNet's
+factorized search space (``build_searched``), described by a plain ``arch`` dict that travels in
+the checkpoint spec so ``load_model`` rebuilds it.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torchvision.ops import stochastic_depth
+from torchvision.ops import SqueezeExcitation, stochastic_depth
 
 MODEL_NAMES: tuple[str, ...] = (
     "mnasnet0_5",
@@ -24,6 +29,13 @@ MODEL_NAMES: tuple[str, ...] = (
     "mnasnet1_3",
     "efficientnet_lite0",
 )
+SEARCHED = "searched"
+# Layer operations of a searched block: MBConv with expansion 1/3/6, a plain k x k convolution,
+# or a depthwise-separable convolution (depthwise k x k, then pointwise 1 x 1).
+SEARCH_OPS: tuple[str, ...] = ("mbconv1", "mbconv3", "mbconv6", "conv", "sepconv")
+ARCH_KEYS: tuple[str, ...] = ("stem_channels", "blocks", "head_channels", "dropout")
+ARCH_BLOCK_KEYS: tuple[str, ...] = ("op", "kernel", "se", "layers", "stride", "channels")
+SE_RATIO = 0.25
 CHECKPOINT_FORMAT = "trashlib-model/1"
 REQUIRED_SPEC_KEYS: tuple[str, ...] = ("name", "num_classes", "class_names", "image_size")
 BN_MOMENTUM = 0.1
@@ -86,24 +98,34 @@ def build_model(
     num_classes: int,
     image_size: int = 128,
     pretrained: bool | str | Path = False,
+    arch: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build a model by name with a fresh ``num_classes`` head, from scratch or from local weights.
 
     ``pretrained=True`` uses the default local weights (the torch hub cache for MnasNet, the
     shipped file for EfficientNet-Lite0); a path uses that file, a state dict or a trashlib
     checkpoint of the same architecture (its classifier is dropped). Nothing is downloaded.
+    ``name="searched"`` needs ``arch`` (see ``build_searched``); no other name takes it.
     """
     _check_name(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ModelError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    _check_num_classes(num_classes)
     check_image_size(image_size)
     if not isinstance(pretrained, (bool, str, Path)):
         raise ModelError(
             f"pretrained must be a bool or a file path, got {type(pretrained).__name__}"
         )
+    if (name == SEARCHED) != (arch is not None):
+        raise ModelError(f"arch= is required for model {SEARCHED!r} and refused for the others, "
+                         f"got name={name!r} with arch={'None' if arch is None else 'a dict'}")
+    if name == SEARCHED:
+        _check_arch_image_size(arch, image_size, where="arch")
+        model: nn.Module = build_searched(arch, num_classes)
+        if pretrained is not False:
+            _load_backbone(model, _pretrained_file(name, pretrained), "classifier")
+        return model
     if name.startswith("mnasnet"):
         alpha = {"mnasnet0_5": 0.5, "mnasnet0_75": 0.75, "mnasnet1_0": 1.0, "mnasnet1_3": 1.3}[name]
-        model: nn.Module = torchvision.models.MNASNet(alpha, num_classes=1000)
+        model = torchvision.models.MNASNet(alpha, num_classes=1000)
         head_name = "classifier.1"
     else:
         model = EfficientNetLite0(num_classes=1000)
@@ -114,6 +136,114 @@ def build_model(
     _set_bn_momentum(model, BN_MOMENTUM)
     _replace_head(model, head_name, num_classes)
     return model
+
+
+def build_searched(arch: Mapping[str, Any], num_classes: int) -> SearchedNet:
+    """A network of MnasNet's factorized space from its ``arch`` dict, with a fresh head.
+
+    ``arch`` holds ``stem_channels`` (3 x 3 stride-2 conv), ``blocks`` (each a dict of
+    ``op`` in ``SEARCH_OPS``, odd ``kernel``, ``se`` (squeeze-and-excitation), ``layers``,
+    ``stride`` (taken by the first layer) and output ``channels``), ``head_channels`` (1 x 1
+    conv before the global pool) and ``dropout``. Other keys (the image size, training knobs)
+    ride along and do not shape the network. BatchNorm momentum is 0.1 and the linear head
+    starts with std 0.01, as for the zoo.
+    """
+    _check_num_classes(num_classes)
+    return SearchedNet(arch, num_classes)
+
+
+def check_arch(arch: Any, where: str = "arch") -> None:
+    """Refuse an ``arch`` dict that ``build_searched`` cannot build; the message names the key."""
+    if not isinstance(arch, Mapping):
+        raise ModelError(f"{where} must be a dict, got {type(arch).__name__}")
+    missing = [key for key in ARCH_KEYS if key not in arch]
+    if missing:
+        raise ModelError(f"{where} lacks keys {missing}")
+    for key in ("stem_channels", "head_channels"):
+        _check_arch_int(f"{where}[{key!r}]", arch[key], minimum=1)
+    dropout = arch["dropout"]
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ModelError(f"{where}['dropout'] must be a number in [0, 1), got {dropout!r}")
+    blocks = arch["blocks"]
+    if not isinstance(blocks, (list, tuple)) or not blocks:
+        raise ModelError(f"{where}['blocks'] must be a non-empty list of block dicts")
+    for index, block in enumerate(blocks):
+        _check_block(block, f"{where}['blocks'][{index}]")
+
+
+class SearchedNet(nn.Module):
+    """Stem, the searched blocks (their layers), a 1 x 1 head conv, global pool, dropout, linear.
+
+    ``arch`` is kept as a plain dict so ``save_model(model, path, {"name": "searched",
+    "arch": model.arch, ...})`` stores everything ``load_model`` needs to rebuild it.
+    """
+
+    def __init__(self, arch: Mapping[str, Any], num_classes: int) -> None:
+        check_arch(arch)
+        super().__init__()
+        self.arch: dict[str, Any] = _plain_copy(arch)
+        stem = arch["stem_channels"]
+        layers: list[nn.Module] = [nn.Conv2d(3, stem, 3, 2, 1, bias=False),
+                                   nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+        channels = stem
+        for block in arch["blocks"]:
+            for index in range(block["layers"]):
+                layers.append(_SearchedLayer(block["op"], block["kernel"], block["se"],
+                                             block["stride"] if index == 0 else 1, channels,
+                                             block["channels"]))
+                channels = block["channels"]
+        head = arch["head_channels"]
+        layers += [nn.Conv2d(channels, head, 1, bias=False), nn.BatchNorm2d(head),
+                   nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(float(arch["dropout"]))
+        self.classifier = nn.Linear(head, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.classifier.weight, std=HEAD_INIT_STD)
+        nn.init.zeros_(self.classifier.bias)
+        _set_bn_momentum(self, BN_MOMENTUM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x).mean(dim=(2, 3))
+        return self.classifier(self.dropout(x))
+
+
+class _SearchedLayer(nn.Module):
+    """One layer of a searched block, with an identity residual when its shape allows."""
+
+    def __init__(self, op: str, kernel: int, se: bool, stride: int, cin: int, cout: int) -> None:
+        super().__init__()
+        pad = kernel // 2
+        squeeze = max(1, int(cin * SE_RATIO))
+        parts: list[nn.Module] = []
+        if op == "conv":
+            parts += [nn.Conv2d(cin, cout, kernel, stride, pad, bias=False), nn.BatchNorm2d(cout),
+                      nn.ReLU(inplace=True)]
+            if se:
+                parts.append(SqueezeExcitation(cout, squeeze))
+        else:
+            mid = cin * (int(op.removeprefix("mbconv")) if op.startswith("mbconv") else 1)
+            if mid != cin:
+                parts += [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid),
+                          nn.ReLU(inplace=True)]
+            parts += [nn.Conv2d(mid, mid, kernel, stride, pad, groups=mid, bias=False),
+                      nn.BatchNorm2d(mid), nn.ReLU(inplace=True)]
+            if se:
+                parts.append(SqueezeExcitation(mid, squeeze))
+            parts += [nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.body = nn.Sequential(*parts)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return out + x if self.residual else out
 
 
 def check_image_size(image_size: int) -> int:
@@ -166,7 +296,8 @@ def load_model(
             f"expected {list(expect_class_names)}"
         )
     try:
-        model = build_model(spec["name"], spec["num_classes"], spec["image_size"], pretrained=False)
+        model = build_model(spec["name"], spec["num_classes"], spec["image_size"], pretrained=False,
+                            arch=spec["arch"] if spec["name"] == SEARCHED else None)
     except ModelError as error:
         raise ModelError(f"{path}: cannot rebuild the model from its spec: {error}") from error
     try:
@@ -301,8 +432,50 @@ def _first_line(error: BaseException) -> str:
 
 
 def _check_name(name: str) -> None:
-    if name not in MODEL_NAMES:
-        raise ModelError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    if name not in MODEL_NAMES and name != SEARCHED:
+        raise ModelError(f"unknown model name {name!r}; valid names: "
+                         f"{', '.join((*MODEL_NAMES, SEARCHED))}")
+
+
+def _check_num_classes(num_classes: Any) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ModelError(f"num_classes must be an int >= 2, got {num_classes!r}")
+
+
+def _check_arch_int(where: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ModelError(f"{where} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_block(block: Any, where: str) -> None:
+    if not isinstance(block, Mapping) or set(block) != set(ARCH_BLOCK_KEYS):
+        keys = sorted(block) if isinstance(block, Mapping) else type(block).__name__
+        raise ModelError(f"{where} must be a dict with keys {list(ARCH_BLOCK_KEYS)}, got {keys}")
+    if block["op"] not in SEARCH_OPS:
+        raise ModelError(f"{where}['op'] must be one of {list(SEARCH_OPS)}, got {block['op']!r}")
+    _check_arch_int(f"{where}['kernel']", block["kernel"], minimum=1)
+    if block["kernel"] % 2 == 0:
+        raise ModelError(f"{where}['kernel'] must be odd, got {block['kernel']}")
+    if not isinstance(block["se"], bool):
+        raise ModelError(f"{where}['se'] must be true or false, got {block['se']!r}")
+    _check_arch_int(f"{where}['layers']", block["layers"], minimum=1)
+    if block["stride"] not in (1, 2) or isinstance(block["stride"], bool):
+        raise ModelError(f"{where}['stride'] must be 1 or 2, got {block['stride']!r}")
+    _check_arch_int(f"{where}['channels']", block["channels"], minimum=1)
+
+
+def _check_arch_image_size(arch: Mapping[str, Any], image_size: int, where: str) -> None:
+    if "image_size" in arch and arch["image_size"] != image_size:
+        raise ModelError(f"{where}['image_size']={arch['image_size']!r} but the model is built "
+                         f"for image_size={image_size}")
+
+
+def _plain_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _plain_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_copy(item) for item in value]
+    return value
 
 
 def _pretrained_file(name: str, pretrained: bool | str | Path) -> Path:
@@ -378,10 +551,16 @@ def _check_spec(spec: Any, where: str) -> None:
     missing = [key for key in REQUIRED_SPEC_KEYS if key not in spec]
     if missing:
         raise ModelError(f"{where}: spec lacks keys {missing}")
-    if spec["name"] not in MODEL_NAMES:
+    if spec["name"] not in MODEL_NAMES and spec["name"] != SEARCHED:
         raise ModelError(
-            f"{where}: unknown model name {spec['name']!r}; valid: {', '.join(MODEL_NAMES)}"
+            f"{where}: unknown model name {spec['name']!r}; valid: "
+            f"{', '.join((*MODEL_NAMES, SEARCHED))}"
         )
+    if spec["name"] == SEARCHED:
+        if "arch" not in spec:
+            raise ModelError(f"{where}: a {SEARCHED!r} spec needs its 'arch' dict")
+        check_arch(spec["arch"], where=f"{where}: spec['arch']")
+        _check_arch_image_size(spec["arch"], spec["image_size"], where=f"{where}: spec['arch']")
     names = spec["class_names"]
     if not isinstance(names, (list, tuple)) or len(names) != spec["num_classes"]:
         raise ModelError(

@@ -9,7 +9,7 @@ import random
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 from torch import nn
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from trashlib.models import (
     IMAGENET_MEAN,
@@ -259,12 +259,15 @@ def train_model(
     checkpoint_path: Path | None = None,
     teacher: nn.Module | None = None,
     progress: bool = True,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place, keep the best validation macro-F1 weights, return the result.
 
     With ``checkpoint_path`` the full state is written atomically after every epoch and an
     existing checkpoint of the same run is resumed (bitwise identical to an uninterrupted run).
     With ``teacher`` the loss is ``alpha * T^2 * KL + (1 - alpha) * CE`` (knowledge distillation).
+    ``on_epoch(epoch, history_row)`` is called after each epoch (and its checkpoint); whatever
+    it raises (e.g. ``optuna.TrialPruned``) stops training and propagates to the caller.
     """
     if not isinstance(config, TrainConfig):
         raise TrainError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -280,7 +283,8 @@ def train_model(
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         return _train(model, train_x, train_y, val_x, val_y, config, device,
-                      None if checkpoint_path is None else Path(checkpoint_path), teacher, progress)
+                      None if checkpoint_path is None else Path(checkpoint_path), teacher, progress,
+                      on_epoch)
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
@@ -297,6 +301,7 @@ def _train(
     checkpoint_path: Path | None,
     teacher: nn.Module | None,
     progress: bool,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
 ) -> TrainResult:
     started = time.perf_counter()
     model.to(device, memory_format=torch.channels_last)  # ~1.8x faster convolutions on CPU
@@ -340,7 +345,7 @@ def _train(
         seed_everything(config.seed)
 
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch,
-               disable=not progress, desc="train", unit="batch")
+               disable=not progress, desc="train", unit="batch", mininterval=10.0)
     last_f1 = f"{state['history'][-1]['val_macro_f1']:.3f}" if state["history"] else "-"
     try:
         while not state["finished"]:
@@ -397,6 +402,8 @@ def _train(
             if checkpoint_path is not None:
                 _write_checkpoint(checkpoint_path, _snapshot(state, run_identity, model, optimizer,
                                                              scheduler, shuffle_gen, augment_gen))
+            if on_epoch is not None:
+                on_epoch(state["epoch"], dict(state["history"][-1]))
     finally:
         bar.close()
     model.load_state_dict(state["best_state"])

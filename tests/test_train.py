@@ -126,6 +126,16 @@ def test_killed_run_resumes_bitwise(data: dict, tmp_path: Path,
     with pytest.raises(TrainError, match=r"train.ckpt belongs to a different run .*'lr'"):
         run(data, checkpoint=checkpoint, epochs=4, optimizer="sgd", lr=1e-2)
 
+    # a notebook rerun with new parameters starts afresh and overwrites the other run's checkpoint
+    config = TrainConfig(**{"epochs": 2, "augment": 0.5, **FAST, "optimizer": "sgd", "lr": 1e-2})
+    fresh = train_model(fresh_model(), data["train"], data["val"], config, checkpoint_path=checkpoint,
+                        progress=False, restart_other_runs=True)
+    assert fresh.resumed_from_epoch == 0 and fresh.epochs_run == 2
+    again = train_model(fresh_model(), data["train"], data["val"], config, checkpoint_path=checkpoint,
+                        progress=False, restart_other_runs=True)
+    assert again.resumed_from_epoch == 2
+    assert_same_weights(fresh.model, again.model)
+
 
 def test_distillation_runs_with_its_own_teacher_preprocessing(data: dict) -> None:
     seed_everything(1)

@@ -47,6 +47,10 @@ class TrainError(ValueError):
     """Training could not start or resume; the message names the field or file."""
 
 
+class CheckpointMismatch(TrainError):
+    """The checkpoint on disk was written by a run with other settings or data."""
+
+
 @dataclass
 class TrainConfig:
     """Every knob of one training run; ``dataclasses.asdict`` of it goes into metrics.json."""
@@ -260,6 +264,7 @@ def train_model(
     teacher: nn.Module | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    restart_other_runs: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place, keep the best validation macro-F1 weights, return the result.
 
@@ -268,6 +273,9 @@ def train_model(
     With ``teacher`` the loss is ``alpha * T^2 * KL + (1 - alpha) * CE`` (knowledge distillation).
     ``on_epoch(epoch, history_row)`` is called after each epoch (and its checkpoint); whatever
     it raises (e.g. ``optuna.TrialPruned``) stops training and propagates to the caller.
+    A checkpoint written by a run with other settings or data is an error, unless
+    ``restart_other_runs`` (what a notebook rerun with new parameters wants): then training
+    starts afresh and overwrites it.
     """
     if not isinstance(config, TrainConfig):
         raise TrainError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -284,7 +292,7 @@ def train_model(
     try:
         return _train(model, train_x, train_y, val_x, val_y, config, device,
                       None if checkpoint_path is None else Path(checkpoint_path), teacher, progress,
-                      on_epoch)
+                      on_epoch, restart_other_runs)
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
@@ -302,6 +310,7 @@ def _train(
     teacher: nn.Module | None,
     progress: bool,
     on_epoch: Callable[[int, dict[str, float]], None] | None,
+    restart_other_runs: bool,
 ) -> TrainResult:
     started = time.perf_counter()
     model.to(device, memory_format=torch.channels_last)  # ~1.8x faster convolutions on CPU
@@ -337,11 +346,17 @@ def _train(
                              "best_state": _copy_state(model), "bad_epochs": 0,
                              "finished": False, "stopped_early": False}
     resumed_from = 0
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = _restore(checkpoint_path, run_identity, model, optimizer, scheduler,
-                         shuffle_gen, augment_gen)
-        resumed_from = state["epoch"]
-    else:
+    try:
+        if checkpoint_path is not None and checkpoint_path.exists():
+            state = _restore(checkpoint_path, run_identity, model, optimizer, scheduler,
+                             shuffle_gen, augment_gen)
+            resumed_from = state["epoch"]
+        else:
+            seed_everything(config.seed)
+    except CheckpointMismatch as error:
+        if not restart_other_runs:
+            raise
+        print(f"{error}: starting afresh")
         seed_everything(config.seed)
 
     bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch,
@@ -562,7 +577,7 @@ def _restore(path: Path, run_identity: dict[str, Any], model: nn.Module,
             changed.append("data")
         if stored["distillation"] != run_identity["distillation"]:
             changed.append("teacher")
-        raise TrainError(
+        raise CheckpointMismatch(
             f"{path} belongs to a different run (differs in {changed}); delete it to start afresh"
         )
     try:

@@ -53,7 +53,8 @@ print(f"{len(train[1])} train / {len(val[1])} val crops, classes {dataset.classe
 # ## Train the baseline
 # One loop for every model: AdamW (or SGD), cosine (or one-cycle) schedule, label smoothing, class-weighted loss,
 # `transforms.v2` augmentation; the checkpoint with the best validation macro-F1 is kept. The loop checkpoints
-# every epoch to `baseline/<model>/checkpoint.pt`, so an interrupted run resumes where it stopped.
+# every epoch to `baseline/<model>/checkpoint.pt`, so an interrupted run resumes where it stopped (a rerun
+# with other parameters starts afresh).
 
 # %%
 norm = model_preprocessing(model_name)
@@ -63,7 +64,8 @@ config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, 
                      schedule=schedule, label_smoothing=label_smoothing, imbalance=imbalance, augment=augment,
                      image_size=image_size, mean=tuple(norm["mean"]), std=tuple(norm["std"]),
                      patience=patience or None, seed=seed, threads=threads)
-result = train_model(model, train, val, config, checkpoint_path=run.path("baseline", model_name, "checkpoint.pt"))
+result = train_model(model, train, val, config, checkpoint_path=run.path("baseline", model_name, "checkpoint.pt"),
+                     restart_other_runs=True)
 fig = report.plot_training(result.history, model_name)
 print(f"best validation macro-F1 {result.best_val_f1:.3f} at epoch {result.best_epoch}, "
       f"{result.seconds:.0f} s, {60 * result.epochs_run / max(result.seconds, 1e-9):.1f} epochs/min")
@@ -95,7 +97,7 @@ if teacher_epochs > 0:
                            image_size=teacher_image_size, mean=tuple(t_norm["mean"]), std=tuple(t_norm["std"]),
                            seed=seed, threads=threads)
     t_result = train_model(t_model, train, val, t_config,
-                           checkpoint_path=run.path("baseline", "teacher", "checkpoint.pt"))
+                           checkpoint_path=run.path("baseline", "teacher", "checkpoint.pt"), restart_other_runs=True)
     t_spec = model_spec("efficientnet_lite0", dataset, teacher_image_size, t_norm)
     teacher = assess_candidate("teacher", t_result.model, t_spec, dataset, threads=threads, baseline=baseline,
                                latency_runs=latency_runs)

@@ -51,10 +51,11 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fit", default="pad", choices=["pad", "stretch"])
     args = parser.parse_args()
     data_name = Path(args.data).resolve().name
-    run = open_run(Path("runs") / f"bench-{data_name}")
-    data = run.data(args.data, PrepareConfig(cache_side=128), progress=False)
+    run = open_run(Path("runs") / f"bench-{data_name}-{args.fit}")
+    data = run.data(args.data, PrepareConfig(cache_side=128, fit=args.fit), progress=False)
     rows = []
     for key in args.recipes:
         for seed in args.seeds:

@@ -127,6 +127,14 @@ def test_coco_crops_are_square_clipped_and_coloured(coco_factory, tmp_path):
     assert tuple(d.crops[0][0, 16]) == (114, 114, 114)  # a 40x20 box padded to square with grey
 
 
+def test_stretch_fit_uses_every_pixel(coco_factory, tmp_path):
+    root, _ = coco_factory([("a.jpg", (120, 90), [("Drink can", [0.0, 0.0, 120.0, 45.0])])])
+    d = prepare_dataset(root, tmp_path / "out", PrepareConfig(margin=0.0, cache_side=32, fit="stretch"), progress=False)
+    assert abs(int(d.crops[0][0, 16, 0]) - 200) < 25  # no grey band: the red box fills the square
+    with pytest.raises(DataError, match="fit must be one of"):
+        prepare_dataset(root, tmp_path / "out2", PrepareConfig(fit="crop"), progress=False)
+
+
 def test_crop_box_margin_and_outside():
     assert crop_box((10, 10, 20, 20), (100, 100), 0.5) == (0, 0, 40, 40)
     assert crop_box((150, 150, 10, 10), (100, 100), 0.1) is None

@@ -300,6 +300,7 @@ def profile_model(
 
     model.eval()
     root, side = Path(data.meta["source_root"]), int(data.meta["config"]["cache_side"])
+    fit = data.meta["config"].get("fit", "pad")
     rows = data.split_rows(split)
 
     def predict_batch(batch: np.ndarray) -> np.ndarray:
@@ -308,7 +309,7 @@ def profile_model(
             return model(x).argmax(1).numpy()
 
     with _torch_threads(threads):
-        submit = measure_submit_time(predict_batch, rows, lambda r: load_crop(root, r, side))
+        submit = measure_submit_time(predict_batch, rows, lambda r: load_crop(root, r, side, fit))
     return {
         "latency_b1": latency_for_model(model, image_size, 1, threads, runs=runs),
         "throughput_b32": throughput(model, image_size, 32, threads, runs=max(3, runs // 10)),

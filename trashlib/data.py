@@ -344,10 +344,16 @@ def crop_box(bbox: tuple[float, float, float, float] | None, size: tuple[int, in
     return (x0, y0, x1, y1)
 
 
-def square_resize(img: Image.Image, side: int) -> np.ndarray:
-    """Pad to a centred square with a neutral grey, then resize to side x side; uint8 HWC."""
+FITS = ("pad", "stretch")
+
+
+def square_resize(img: Image.Image, side: int, fit: str = "pad") -> np.ndarray:
+    """Square side x side uint8 HWC: `pad` to a centred square with a neutral grey (keeps the aspect
+    ratio, the default for object crops) or `stretch` (uses every pixel, for whole-object photos)."""
     w, h = img.size
     s = max(w, h)
+    if fit == "stretch":
+        return np.asarray(img.resize((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
     if w != h:
         canvas = Image.new("RGB", (s, s), PAD_FILL)
         canvas.paste(img, ((s - w) // 2, (s - h) // 2))
@@ -357,11 +363,12 @@ def square_resize(img: Image.Image, side: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def load_crop(root: Path, row: dict[str, str], side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_crop(root: Path, row: dict[str, str], side: int, fit: str = "pad",
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode one manifest row's crop from the source file on disk (the inference-time path)."""
     img = open_image(safe_path(root, row["source"]), max_pixels)
     box = tuple(int(row[k]) for k in ("crop_x0", "crop_y0", "crop_x1", "crop_y1"))
-    return square_resize(img.crop(box), side)
+    return square_resize(img.crop(box), side, fit)
 
 
 # --------------------------------------------------------------------------- splits
@@ -457,6 +464,7 @@ class PrepareConfig:
     mapping: str = "taco"
     margin: float = 0.1
     cache_side: int = 128
+    fit: str = "pad"
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -466,6 +474,8 @@ class PrepareConfig:
             raise DataError(f"margin must be in [0, 2], got {self.margin}")
         if not 16 <= self.cache_side <= 1024:
             raise DataError(f"cache_side must be in [16, 1024], got {self.cache_side}")
+        if self.fit not in FITS:
+            raise DataError(f"fit must be one of {FITS}, got {self.fit!r}")
         if self.max_pixels < 1:
             raise DataError(f"max_pixels must be positive, got {self.max_pixels}")
 
@@ -490,7 +500,7 @@ def _crop_photo(root: Path, source: str, samples: list[Sample], cfg: PrepareConf
         if box is None:
             skips.append((source, f"annotation {s.ann_id}.bbox", f"bbox {s.bbox} lies outside the {img.size[0]}x{img.size[1]} image"))
             continue
-        out.append((s, box, square_resize(img.crop(box), cfg.cache_side)))
+        out.append((s, box, square_resize(img.crop(box), cfg.cache_side, cfg.fit)))
     return source, out, skips, notes, img.size
 
 

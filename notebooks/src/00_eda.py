@@ -12,6 +12,7 @@ data = "synthetic"
 mapping = "taco"
 margin = 0.1
 cache_side = 128
+fit = "pad"  # "pad" keeps each crop's aspect ratio; "stretch" fills the square (whole-object photos)
 split_fractions = [0.7, 0.15, 0.15]
 seed = 0
 synthetic_images = 200
@@ -25,7 +26,7 @@ from trashlib.data import PrepareConfig, load_mapping
 from trashlib.workbook import open_run
 
 run = open_run(run_dir)
-config = PrepareConfig(mapping=mapping, margin=margin, cache_side=cache_side,
+config = PrepareConfig(mapping=mapping, margin=margin, cache_side=cache_side, fit=fit,
                        fractions=tuple(split_fractions), seed=seed)
 dataset = run.data(data, config, synthetic_images=synthetic_images, progress=False)
 df = report.manifest_frame(dataset)

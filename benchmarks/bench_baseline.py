@@ -9,7 +9,6 @@ Prints a table and writes benchmarks/results/baseline-<data>.json. Not a test: i
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path

@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +21,15 @@ TRASHNET = SHARED_DATA / "trashnet-256"
 COLOURS = {"Drink can": (200, 30, 30), "Normal paper": (240, 240, 230), "Drink carton": (30, 160, 30),
            "Clear plastic bottle": (40, 80, 220), "Plastic film": (200, 200, 40), "Styrofoam piece": (250, 250, 250),
            "Cigarette": (120, 80, 20)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tests share two cores with whatever else runs: one torch thread each."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def needs(path: Path) -> pytest.MarkDecorator:

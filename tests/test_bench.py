@@ -1,7 +1,6 @@
 """Tests for trashlib.bench: timing harness, MACs, sizes and submit time (no time thresholds)."""
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +22,6 @@ from trashlib.bench import (
     throughput,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_net() -> nn.Module:

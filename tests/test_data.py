@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TACO_SAMPLE, TRASHNET, cat_id, needs, six_class_photos, solid_jpeg
+from conftest import TACO_SAMPLE, TRASHNET, needs, six_class_photos, solid_jpeg
 from trashlib.data import (
     DataError,
     PrepareConfig,
@@ -200,7 +200,7 @@ def test_splits_keep_photos_whole_and_are_deterministic(coco_factory, tmp_path):
         assert all(d.meta["counts"][s][cls] > 0 for s in ("train", "val", "test"))
     pub, priv = d.meta["counts"]["test/public"], d.meta["counts"]["test/private"]
     assert abs(sum(pub.values()) - sum(priv.values())) <= 4
-    d2 = prepare_dataset(root, tmp_path / "b", PrepareConfig(seed=3), progress=False)
+    prepare_dataset(root, tmp_path / "b", PrepareConfig(seed=3), progress=False)
     assert (tmp_path / "a" / "manifest.csv").read_bytes() == (tmp_path / "b" / "manifest.csv").read_bytes()
     d3 = prepare_dataset(root, tmp_path / "c", PrepareConfig(seed=4), progress=False)
     assert [r["split"] for r in d3.rows] != [r["split"] for r in d.rows]

@@ -3,7 +3,6 @@
 import dataclasses
 import math
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,6 @@ from trashlib.train import (
 CLASSES = ["red", "green", "blue"]
 FAST = {"batch_size": 16, "image_size": 32, "threads": 1, "lr": 3e-3}
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def colour_data(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -53,13 +53,6 @@ TINY = SearchSettings(space=TINY_SPACE, epochs=1, batch_size=16, latency_warmup=
 NO_SERVER = "postgresql://u:secret@127.0.0.1:1/x"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

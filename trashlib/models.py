@@ -7,9 +7,8 @@ the checkpoint spec so ``load_model`` rebuilds it.
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
-import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+
+from trashlib.files import atomic_write_bytes
 from torchvision.ops import SqueezeExcitation, stochastic_depth
 
 MODEL_NAMES: tuple[str, ...] = (
@@ -328,19 +329,10 @@ def safe_torch_load(path: Path) -> Any:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` onto ``path``."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` serialised in memory, then written atomically (temporary file + rename)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 class _TFSameConv2d(nn.Conv2d):

@@ -190,3 +190,98 @@ def per_class_table(metrics: dict[str, Any]) -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame(metrics["per_class"]).T.round(3)
+
+
+# --------------------------------------------------------------------------- search figures and tables
+
+def trial_table(trials: list[Any], f1_ref: float | None = None,
+                latency_ref_ms: float | None = None) -> pd.DataFrame:
+    """One row per trial: state, val macro-F1, batch-1 latency, parameters, MACs, input size,
+    whether it is on the Pareto front and, with references, its ``tune.pick_score``."""
+    import pandas as pd
+
+    from trashlib.tune import pareto_trials, pick_score, trial_objectives
+
+    front = {t.number for t in pareto_trials(trials)}
+    rows = []
+    for t in trials:
+        result, arch = t.user_attrs.get("result", {}), t.user_attrs.get("arch", {})
+        f1, ms = trial_objectives(t) if t.state.name == "COMPLETE" else (np.nan, np.nan)
+        rows.append({"trial": t.number, "state": t.state.name, "val_f1": f1, "latency_ms": ms,
+                     "params": result.get("n_params"), "macs": result.get("macs"),
+                     "image_size": arch.get("image_size", t.params.get("image_size")),
+                     "pareto": t.number in front,
+                     "pick_score": (pick_score(f1, ms, f1_ref, latency_ref_ms)
+                                    if t.number in front and f1_ref is not None
+                                    and latency_ref_ms is not None else np.nan)})
+    columns = ["trial", "state", "val_f1", "latency_ms", "params", "macs", "image_size", "pareto", "pick_score"]
+    return pd.DataFrame(rows, columns=columns).set_index("trial")
+
+
+def plot_pareto(trials: list[Any], baseline: dict[str, Any] | None = None,
+                chosen: Any = None) -> matplotlib.figure.Figure:
+    """Val macro-F1 against measured batch-1 latency for every completed trial, the Pareto front
+    joined as a staircase, the chosen trial ringed, and the baseline (its TEST macro-F1 and
+    latency, from notebook 01) as a star."""
+    import matplotlib.pyplot as plt
+
+    from trashlib.tune import pareto_trials, trial_objectives
+
+    points = np.array([trial_objectives(t) for t in trials if t.state.name == "COMPLETE"]).reshape(-1, 2)
+    front = sorted((trial_objectives(t)[1], trial_objectives(t)[0], t.number) for t in pareto_trials(trials))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(points[:, 1], points[:, 0], s=25, alpha=0.5, color="C0", label=f"trials ({len(points)})")
+    if front:
+        ax.plot([p[0] for p in front], [p[1] for p in front], drawstyle="steps-post", marker="o",
+                color="C1", label=f"Pareto front ({len(front)})")
+        for ms, f1, number in front:
+            ax.annotate(f"#{number}", (ms, f1), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if chosen is not None:
+        f1, ms = trial_objectives(chosen)
+        ax.scatter([ms], [f1], s=220, facecolors="none", edgecolors="C3", linewidths=2,
+                   label=f"chosen: trial {chosen.number}")
+    if baseline is not None:
+        ax.scatter([baseline["latency_b1_ms"]], [baseline["f1_test"]], marker="*", s=250, color="k",
+                   label=f"baseline {baseline.get('model', 'model')}: TEST F1")
+    ax.set(xlabel="batch-1 latency (ms, measured)", ylabel="macro-F1 (trials: validation)",
+           title="search: quality against latency")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_importances(importances: dict[str, dict[str, float]], top: int = 10) -> matplotlib.figure.Figure:
+    """Horizontal bars of the ``top`` most important parameters, one panel per objective (as
+    from ``tune.param_importances``)."""
+    import matplotlib.pyplot as plt
+
+    if not importances:
+        raise ValueError("no importances to plot (too few completed trials?)")
+    fig, axes = plt.subplots(1, len(importances), figsize=(5.5 * len(importances), 0.3 * top + 1.5), squeeze=False)
+    for ax, (objective, values) in zip(axes[0], importances.items()):
+        items = sorted(values.items(), key=lambda kv: -kv[1])[:top][::-1]
+        ax.barh([k for k, _ in items], [v for _, v in items], color="C0")
+        ax.set(xlabel="fANOVA importance", title=f"importance for {objective}", xlim=(0, 1))
+        ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(study: Any) -> matplotlib.figure.Figure:
+    """Optimization history: every completed trial's value and the best so far, one panel per
+    objective (val macro-F1 and latency, or the reward)."""
+    import matplotlib.pyplot as plt
+
+    names = ["val macro-F1", "batch-1 latency (ms)"] if len(study.directions) == 2 else ["reward"]
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.5), squeeze=False)
+    for index, (ax, name) in enumerate(zip(axes[0], names)):
+        numbers = [t.number for t in complete]
+        values = np.array([t.values[index] for t in complete], dtype=float)
+        best = (np.maximum if study.directions[index].name == "MAXIMIZE" else np.minimum).accumulate(values)
+        ax.scatter(numbers, values, s=20, color="C0", label="trial")
+        ax.plot(numbers, best, drawstyle="steps-post", color="C1", label="best so far")
+        ax.set(xlabel="trial", ylabel=name, title=f"history: {name}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -40,11 +40,21 @@ Workers. Create the study once, then start workers anywhere that reaches the sto
 ``optuna.study.MaxTrialsCallback``: a worker starts no trial once the cap is reached, but trials
 already in flight on other workers still finish, so a study ends with between TOTAL and
 TOTAL + workers - 1 finished trials.
+
+Picking. ``pareto_trials`` is the front of the completed trials in (val macro-F1 up, latency
+down), in either mode (``trial_objectives`` reads a reward trial's F1 and latency from its
+``"result"`` attr). ``pick_trial`` takes the front trial with the lowest competition-style score
+``0.5 * latency / latency_ref + sigmoid(20 * (f1_ref - f1))`` (``pick_score``) against the
+baseline, or the best-F1 trial when there is none (``pick_reference``).
+``param_importances`` gives fANOVA importances per objective; ``settings_study_name`` names a
+study after its settings, so a notebook rerun with another space or mode opens a new study.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -755,3 +765,100 @@ def _is_real(value: Any) -> bool:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+# --------------------------------------------------------------------------- reading and picking trials
+
+
+def settings_study_name(prefix: str, settings: SearchSettings) -> str:
+    """``PREFIX-<8 hex>``: a study name that changes whenever the settings (space, mode, epochs,
+    threads...) change, so a rerun with the same settings resumes and one with others starts anew."""
+    if not isinstance(prefix, str) or not prefix:
+        raise TuneError(f"study name prefix must be a non-empty string, got {prefix!r}")
+    doc = json.dumps(settings.to_dict(), sort_keys=True, default=str)
+    return f"{prefix}-{hashlib.sha256(doc.encode()).hexdigest()[:8]}"
+
+
+def trial_objectives(trial: FrozenTrial) -> tuple[float, float]:
+    """``(val macro-F1, batch-1 latency ms)`` of a completed trial: its two values in ``"multi"``
+    mode, its ``"result"`` user attr in ``"reward"`` mode."""
+    if trial.state != TrialState.COMPLETE:
+        raise TuneError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: it has no "
+                        f"objectives")
+    if trial.values is not None and len(trial.values) == 2:
+        return float(trial.values[0]), float(trial.values[1])
+    result = trial.user_attrs.get("result")
+    if isinstance(result, Mapping) and "val_f1" in result and "latency_ms" in result:
+        return float(result["val_f1"]), float(result["latency_ms"])
+    raise TuneError(f"trial {trial.number} has neither two values (F1, latency) nor a 'result' "
+                    f"user attr with val_f1 and latency_ms")
+
+
+def pareto_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The completed trials no other completed trial dominates in (val F1 higher, latency
+    lower), by trial number. Trials with equal objectives are all kept."""
+    points = [(t, *trial_objectives(t)) for t in trials if t.state == TrialState.COMPLETE]
+    front = [t for t, f1, lat in points
+             if not any(f >= f1 and ms <= lat and (f > f1 or ms < lat) for _, f, ms in points)]
+    return sorted(front, key=lambda t: t.number)
+
+
+def pick_score(f1: float, latency_ms: float, f1_ref: float, latency_ref_ms: float) -> float:
+    """The competition's formula on measured latency: ``0.5 * latency_ms / latency_ref_ms +
+    sigmoid(20 * (f1_ref - f1))``; lower is better, the reference itself scores 1.0."""
+    for name, value in (("f1", f1), ("f1_ref", f1_ref)):
+        if not _is_real(value) or not 0 <= value <= 1:
+            raise TuneError(f"{name} must be a number in [0, 1], got {value!r}")
+    for name, value in (("latency_ms", latency_ms), ("latency_ref_ms", latency_ref_ms)):
+        if not _is_real(value) or value <= 0:
+            raise TuneError(f"{name} must be a number > 0, got {value!r}")
+    return float(0.5 * latency_ms / latency_ref_ms + 1.0 / (1.0 + math.exp(-20.0 * (f1_ref - f1))))
+
+
+def pick_reference(trials: Sequence[FrozenTrial], baseline_f1: float | None = None,
+                   baseline_latency_ms: float | None = None) -> tuple[float, float]:
+    """``(f1_ref, latency_ref_ms)`` of ``pick_trial``: the baseline's where given, otherwise the
+    best-F1 completed trial's (the faster one, then the earlier one, on a tie)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise TuneError(f"no completed trial among {len(trials)} to pick from")
+    best = min(complete, key=lambda t: (-trial_objectives(t)[0], trial_objectives(t)[1], t.number))
+    best_f1, best_ms = trial_objectives(best)
+    return (best_f1 if baseline_f1 is None else baseline_f1,
+            best_ms if baseline_latency_ms is None else baseline_latency_ms)
+
+
+def pick_trial(trials: Sequence[FrozenTrial], baseline_f1: float | None = None,
+               baseline_latency_ms: float | None = None) -> FrozenTrial:
+    """The trial to retrain: among the completed trials on the Pareto front (``pareto_trials``),
+    the one with the lowest ``pick_score`` against ``pick_reference``; ties go to the faster,
+    then the earlier trial. A ``TuneError`` when no trial completed."""
+    f1_ref, ms_ref = pick_reference(trials, baseline_f1, baseline_latency_ms)
+    return min(pareto_trials(trials),
+               key=lambda t: (pick_score(*trial_objectives(t), f1_ref, ms_ref),
+                              trial_objectives(t)[1], t.number))
+
+
+def param_importances(study: optuna.Study, min_trials: int = 3,
+                      seed: int = 0) -> dict[str, dict[str, float]]:
+    """fANOVA importance of every parameter, per objective (``"val_f1"`` and ``"latency_ms"``,
+    or ``"reward"``), normalised to sum to 1 and sorted, most important first.
+
+    Empty when fewer than ``min_trials`` trials completed; an objective whose values are all
+    equal gives every parameter 0.
+    """
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < min_trials:
+        return {}
+    names = ["val_f1", "latency_ms"] if len(study.directions) == 2 else ["reward"]
+    out: dict[str, dict[str, float]] = {}
+    for index, name in enumerate(names):
+        values = [t.values[index] for t in complete]
+        if max(values) == min(values):
+            out[name] = {param: 0.0 for param in complete[-1].params}
+            continue
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+        importances = optuna.importance.get_param_importances(
+            study, evaluator=evaluator, target=lambda t, i=index: t.values[i])
+        out[name] = {param: float(value) for param, value in importances.items()}
+    return out

@@ -6,6 +6,7 @@ import glob
 import math
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -38,11 +39,18 @@ from trashlib.tune import (
     mnasnet_reward,
     open_search,
     open_storage,
+    param_importances,
+    pareto_trials,
+    pick_reference,
+    pick_score,
+    pick_trial,
     reward_reporter,
     run_search,
     sample_arch,
     save_arch,
+    settings_study_name,
     trial_arch,
+    trial_objectives,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -449,3 +457,93 @@ def _tiny_space_file(directory: Path) -> Path:
     path = directory / "tiny_space.yaml"
     path.write_text(yaml.safe_dump(TINY_SPACE.to_dict()))
     return path
+
+
+# --------------------------------------------------------------------------- reading and picking trials
+
+
+def fake_trial(number: int, f1: float, latency_ms: float, state: TrialState = TrialState.COMPLETE,
+               **params: float) -> optuna.trial.FrozenTrial:
+    trial = optuna.trial.create_trial(
+        state=state, values=[f1, latency_ms] if state == TrialState.COMPLETE else None,
+        params=params or None,
+        distributions={k: optuna.distributions.FloatDistribution(0.0, 1.0) for k in params} or None)
+    trial.number = number
+    return trial
+
+
+def test_pareto_trials_keeps_the_non_dominated_completed_trials() -> None:
+    trials = [fake_trial(0, 0.5, 2.0), fake_trial(1, 0.6, 3.0), fake_trial(2, 0.4, 4.0),
+              fake_trial(3, 0.6, 3.0), fake_trial(4, 0.9, 1.0, state=TrialState.FAIL),
+              fake_trial(5, 0.3, 1.5)]
+    assert [t.number for t in pareto_trials(trials)] == [0, 1, 3, 5]  # equal objectives both kept
+    assert pareto_trials([]) == []
+
+
+def test_pick_trial_scores_the_front_against_the_best_trial_or_the_baseline() -> None:
+    a, b, c = fake_trial(0, 0.80, 10.0), fake_trial(1, 0.70, 2.0), fake_trial(2, 0.50, 1.0)
+    dominated = fake_trial(3, 0.45, 12.0)
+    trials = [a, b, c, dominated]
+    # No baseline: the reference is the best-F1 trial (a), which scores 1.0 against itself.
+    assert pick_reference(trials) == (0.80, 10.0)
+    assert pick_score(0.80, 10.0, 0.80, 10.0) == pytest.approx(1.0)
+    scores = {t.number: pick_score(*trial_objectives(t), 0.80, 10.0) for t in (a, b, c)}
+    assert scores[1] == pytest.approx(0.1 + 1 / (1 + math.exp(-2.0)))
+    assert min(scores, key=scores.get) == 1
+    assert pick_trial(trials).number == 1
+    # A slow, accurate baseline makes F1 matter more than latency: the most accurate trial wins.
+    assert pick_reference(trials, 0.9, 100.0) == (0.9, 100.0)
+    assert pick_trial(trials, baseline_f1=0.9, baseline_latency_ms=100.0).number == 0
+    # Only the front is considered and ties go to the faster, then the earlier trial.
+    twin = fake_trial(4, 0.70, 2.0)
+    assert pick_trial([twin, b]).number == 1
+    assert pick_trial([fake_trial(0, 0.5, 1.0)]).number == 0
+
+
+def test_pick_trial_reads_reward_trials_and_refuses_nothing_to_pick() -> None:
+    reward = optuna.trial.create_trial(value=0.3, user_attrs={"result": {"val_f1": 0.4,
+                                                                         "latency_ms": 3.0}})
+    assert trial_objectives(reward) == (0.4, 3.0)
+    assert pick_trial([reward]) is reward
+    with pytest.raises(TuneError, match="no completed trial among 1"):
+        pick_trial([fake_trial(0, 0.5, 1.0, state=TrialState.PRUNED)])
+    with pytest.raises(TuneError, match="is PRUNED, not COMPLETE"):
+        trial_objectives(fake_trial(0, 0.5, 1.0, state=TrialState.PRUNED))
+    with pytest.raises(TuneError, match="neither two values"):
+        trial_objectives(optuna.trial.create_trial(value=0.3))
+    with pytest.raises(TuneError, match=r"f1_ref must be a number in \[0, 1\]"):
+        pick_trial([fake_trial(0, 0.5, 1.0)], baseline_f1=1.5, baseline_latency_ms=2.0)
+    with pytest.raises(TuneError, match="latency_ref_ms must be a number > 0"):
+        pick_trial([fake_trial(0, 0.5, 1.0)], baseline_f1=0.5, baseline_latency_ms=0.0)
+
+
+def test_settings_study_name_follows_the_settings() -> None:
+    name = settings_study_name("search", TINY)
+    assert re.fullmatch(r"search-[0-9a-f]{8}", name)
+    assert settings_study_name("search", SearchSettings.from_dict(TINY.to_dict())) == name
+    assert settings_study_name("search", SearchSettings(**{**vars(TINY), "mode": "reward"})) != name
+    other_space = SearchSettings(**{**vars(TINY), "space": SearchSpace(image_sizes=[64])})
+    assert settings_study_name("search", other_space) != name
+    with pytest.raises(TuneError, match="non-empty string"):
+        settings_study_name("", TINY)
+
+
+def test_param_importances_per_objective_and_too_few_trials() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    rows = [(0.1, 0.9, 0.2, 5.0), (0.2, 0.1, 0.3, 4.0), (0.8, 0.5, 0.7, 1.0), (0.9, 0.3, 0.9, 0.5),
+            (0.5, 0.7, 0.5, 2.0)]
+    for number, (x, y, f1, ms) in enumerate(rows[:2]):
+        study.add_trial(fake_trial(number, f1, ms, x=x, y=y))
+    assert param_importances(study) == {}
+    for number, (x, y, f1, ms) in enumerate(rows[2:], start=2):
+        study.add_trial(fake_trial(number, f1, ms, x=x, y=y))
+    importances = param_importances(study, seed=0)
+    assert list(importances) == ["val_f1", "latency_ms"]
+    for values in importances.values():
+        assert set(values) == {"x", "y"} and sum(values.values()) == pytest.approx(1.0)
+        assert max(values, key=values.get) == "x"  # both objectives follow x here
+    assert param_importances(study, seed=0) == importances  # seeded: reproducible
+    flat = optuna.create_study(directions=["maximize", "minimize"])
+    for number, (x, y, _, ms) in enumerate(rows):
+        flat.add_trial(fake_trial(number, 0.25, ms, x=x, y=y))
+    assert param_importances(flat)["val_f1"] == {"x": 0.0, "y": 0.0}

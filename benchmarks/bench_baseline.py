@@ -29,8 +29,9 @@ RECIPES = {
 }
 
 
-def run_recipe(key: str, data, seed: int, threads: int) -> dict:
+def run_recipe(key: str, data, seed: int, threads: int, epochs_override: int | None = None) -> dict:
     name, size, epochs, pretrained, lr, batch_size, augment = RECIPES[key]
+    epochs = epochs_override or epochs
     norm = model_preprocessing(name)
     model = build_model(name, len(data.classes), size, pretrained=pretrained)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.05, image_size=size, augment=augment,
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=None, help="override every recipe's epoch budget")
     parser.add_argument("--fit", default="stretch", choices=["pad", "stretch"],
                         help="stretch suits whole-object photos (TrashNet); pad suits object crops (TACO)")
     args = parser.parse_args()
@@ -60,7 +62,7 @@ def main() -> None:
     for key in args.recipes:
         for seed in args.seeds:
             t0 = time.perf_counter()
-            rows.append(run_recipe(key, data, seed, args.threads))
+            rows.append(run_recipe(key, data, seed, args.threads, args.epochs))
             print(f"{key} seed {seed}: test macro-F1 {rows[-1]['f1_test']:.3f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"\n{data_name}: {len(data.rows)} crops, classes {data.classes}")
@@ -72,7 +74,8 @@ def main() -> None:
         m = mine[0]
         print(f"{key:30} {statistics.mean(f1s):8.3f}{spread} {m['f1_public']:7.3f} {m['f1_private']:7.3f} "
               f"{m['epochs_per_min']:7.1f} {m['latency_b1_ms']:7.2f} {m['submit_s']:9.2f}")
-    out = Path("benchmarks/results") / f"baseline-{data_name}.json"
+    suffix = f"-{args.epochs}ep" if args.epochs else ""
+    out = Path("benchmarks/results") / f"baseline-{data_name}{suffix}.json"
     atomic_write_json(out, {"data": data_name, "rows": rows, "machine": machine_info()})
     print(f"wrote {out}")
 

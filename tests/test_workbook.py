@@ -126,6 +126,7 @@ def test_runner_executes_in_order_resumes_and_renders_offline_html(tmp_path):
     assert not s.ok and s.results[0].status == "failed" and "steps must be positive" in s.results[0].error
     assert len(s.results) == 1
     report_dir = tmp_path / "reports" / "r1"
+    assert (report_dir / "index.html").stat().st_mode & 0o044 == 0o044, "reports must be readable by others"
     index = (report_dir / "index.html").read_text()
     assert "00_first.html" in index and "01_second.html" in index and "rate: 0.75" in index
     for page in [report_dir / "00_first.html", report_dir / "index.html", tmp_path / "reports" / "r2" / "00_first.html"]:

@@ -20,6 +20,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports and manifests are for reading
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -19,12 +19,13 @@ from __future__ import annotations
 import io
 import json
 import operator
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from trashlib.files import atomic_write_bytes
 
 # Bump when the drawing code changes, so that old cached data sets are regenerated.
 GENERATOR_VERSION = 1
@@ -1020,17 +1021,6 @@ def _render_image(
 # --------------------------------------------------------------------------- data set
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and os.replace, so readers never see
-    a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _info(n_images: int, seed: int, image_size: tuple[int, int]) -> dict[str, object]:
     """The json's "info": a description plus everything that determines the content."""
     return {
@@ -1100,7 +1090,7 @@ def make_synthetic_coco(
         file_name = f"{IMAGES_DIR}/{image_id:06d}.jpg"
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        _atomic_write(out_dir / file_name, buffer.getvalue())
+        atomic_write_bytes(out_dir / file_name, buffer.getvalue())
         images.append({"id": image_id, "width": width, "height": height, "file_name": file_name})
         for category, (x0, y0, x1, y1), area in objects:
             annotations.append(
@@ -1128,5 +1118,5 @@ def make_synthetic_coco(
             for i, (name, supercategory) in enumerate(TACO_CATEGORIES)
         ],
     }
-    _atomic_write(out_dir / ANNOTATIONS_NAME, json.dumps(dataset, indent=None).encode("utf-8"))
+    atomic_write_bytes(out_dir / ANNOTATIONS_NAME, json.dumps(dataset, indent=None).encode("utf-8"))
     return out_dir

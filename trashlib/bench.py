@@ -114,6 +114,21 @@ def compare_latency(
     return summaries
 
 
+def compare_models(
+    models: dict[str, tuple[nn.Module, int]],
+    batch_size: int = 1,
+    threads: int = 1,
+    rounds: int = 7,
+    runs_per_round: int = 10,
+) -> dict[str, dict[str, float | int]]:
+    """``compare_latency`` for models, each fed a random batch at its own input size, in eval mode
+    under ``torch.inference_mode()`` with ``threads`` threads; ratios are against the first model."""
+    inputs = {name: _example_input(model.eval(), batch_size, size) for name, (model, size) in models.items()}
+    with _torch_threads(threads), torch.inference_mode():
+        return compare_latency({name: (lambda m=model, x=inputs[name]: m(x)) for name, (model, _) in models.items()},
+                               rounds=rounds, runs_per_round=runs_per_round, warmup=3)
+
+
 def throughput(
     model: nn.Module,
     image_size: int,

@@ -10,9 +10,9 @@ from torch import nn
 from trashlib.bench import profile_model
 from trashlib.data import PreparedData
 from trashlib.files import read_json
-from trashlib.models import load_model, save_model
+from trashlib.models import describe_structure, load_model, save_model
 from trashlib.score import score_candidate
-from trashlib.train import evaluate
+from trashlib.train import TrainConfig, evaluate, train_model
 from trashlib.workbook import Run
 
 
@@ -65,3 +65,50 @@ def load_candidate(run: Run, stage: str, label: str) -> tuple[nn.Module, dict[st
         return None
     model, spec = load_model(folder / "model.pt")
     return model, spec, read_json(folder / "metrics.json")["metrics"]
+
+
+def finish_candidate(run: Run, stage: str, label: str, model: nn.Module, spec: dict[str, Any], data: PreparedData,
+                     params: dict[str, Any], config: TrainConfig | None = None, teacher: nn.Module | None = None,
+                     baseline: dict[str, Any] | None = None, threads: int = 2, latency_runs: int = 50,
+                     extra: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune (distil when ``teacher``) a changed model, assess it, save it with its layer structure,
+    reload it and record the largest output difference after reloading. Returns the model and its record."""
+    from trashlib.compress import max_output_difference
+
+    training = None
+    if config is not None:
+        result = train_model(model, data.split("train"), data.split("val"), config, teacher=teacher,
+                             checkpoint_path=run.path(stage, label, "checkpoint.pt"), restart_other_runs=True,
+                             progress=False)
+        model, training = result.model, result.to_dict()
+    model.eval()
+    spec = {**spec, "structure": describe_structure(model)}
+    record = assess_candidate(label, model, spec, data, threads=threads, baseline=baseline,
+                              latency_runs=latency_runs)
+    more = {**(extra or {}), **({"training": training} if training else {})}
+    save_candidate(run, stage, record, model, spec, params, more)
+    reloaded, _ = load_model(run.path(stage, label, "model.pt"))
+    record["reload_max_diff"] = max_output_difference(model, reloaded, spec["image_size"])
+    run.write_metrics(f"{stage}/{label}", {**record, **more}, params)
+    return model, record
+
+
+def baseline_or_standin(run: Run, data: PreparedData, epochs: int = 2, image_size: int = 64, seed: int = 0,
+                        threads: int = 2) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
+    """Notebook 01's baseline from the run directory, or (run alone) a small MnasNet 1.0 trained here,
+    not saved, with no metrics record; says which."""
+    saved = load_candidate(run, "baseline", "baseline")
+    if saved:
+        return saved
+    from trashlib.models import build_model, model_preprocessing
+    from trashlib.train import seed_everything
+
+    print(f"no baseline in {run.run_dir / 'baseline'} (notebook 01 not run): training a stand-in MnasNet 1.0 "
+          f"at {image_size} px for {epochs} epochs, not saved")
+    norm = model_preprocessing("mnasnet1_0")
+    seed_everything(seed)
+    model = build_model("mnasnet1_0", len(data.classes), image_size)
+    config = TrainConfig(epochs=epochs, image_size=image_size, mean=tuple(norm["mean"]), std=tuple(norm["std"]),
+                         seed=seed, threads=threads, batch_size=32)
+    result = train_model(model, data.split("train"), data.split("val"), config, progress=False)
+    return result.model.eval(), model_spec("mnasnet1_0", data, image_size, norm), None

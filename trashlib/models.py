@@ -299,6 +299,8 @@ def load_model(
     try:
         model = build_model(spec["name"], spec["num_classes"], spec["image_size"], pretrained=False,
                             arch=spec["arch"] if spec["name"] == SEARCHED else None)
+        if spec.get("structure") is not None:
+            apply_structure(model, spec["structure"])
     except ModelError as error:
         raise ModelError(f"{path}: cannot rebuild the model from its spec: {error}") from error
     try:
@@ -310,6 +312,100 @@ def load_model(
     _set_bn_momentum(model, BN_MOMENTUM)
     model.eval()
     return model, dict(spec)
+
+
+class Factorized(nn.Sequential):
+    """A layer replaced by a chain of smaller convolutions (low-rank or Tucker-2 factors)."""
+
+
+def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The shapes of every conv, batch-norm and linear layer (and factorized chain), as plain data.
+
+    Stored as ``spec["structure"]`` it lets ``load_model`` rebuild a pruned or decomposed model from
+    its architecture name plus this description and a state dict: no pickled modules.
+    """
+    structure: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Factorized):
+            structure[name] = {"type": "factorized", "layers": [_describe_layer(m) for m in module]}
+        elif name and not any(name.startswith(f"{k}.") for k, v in structure.items() if v["type"] == "factorized"):
+            layer = _describe_layer(module)
+            if layer is not None:
+                structure[name] = layer
+    return structure
+
+
+def apply_structure(model: nn.Module, structure: Mapping[str, Any]) -> nn.Module:
+    """Resize ``model``'s layers in place (and insert factorized chains) to match ``structure``."""
+    if not isinstance(structure, Mapping):
+        raise ModelError(f"spec['structure'] must be a dict of layer descriptions, got {type(structure).__name__}")
+    modules = dict(model.named_modules())
+    for name, layer in structure.items():
+        if name not in modules:
+            raise ModelError(f"spec['structure'] names layer {name!r}, which the model does not have")
+        if not isinstance(layer, Mapping) or "type" not in layer:
+            raise ModelError(f"spec['structure'][{name!r}] must be a dict with a 'type'")
+        if layer["type"] == "factorized":
+            chain = Factorized(*[_conv_from(item, f"{name}[{i}]") for i, item in enumerate(layer["layers"])])
+            _set_module(model, name, chain)
+        else:
+            _resize(modules[name], layer, name)
+    return model
+
+
+def _describe_layer(module: nn.Module) -> dict[str, Any] | None:
+    if isinstance(module, nn.Conv2d):
+        return {"type": "conv", "in": module.in_channels, "out": module.out_channels,
+                "kernel": list(module.kernel_size), "stride": list(module.stride),
+                "padding": list(module.padding) if isinstance(module.padding, tuple) else module.padding,
+                "dilation": list(module.dilation), "groups": module.groups, "bias": module.bias is not None}
+    if isinstance(module, nn.BatchNorm2d):
+        return {"type": "bn", "features": module.num_features}
+    if isinstance(module, nn.Linear):
+        return {"type": "linear", "in": module.in_features, "out": module.out_features,
+                "bias": module.bias is not None}
+    return None
+
+
+def _conv_from(layer: Any, where: str) -> nn.Conv2d:
+    if not isinstance(layer, Mapping) or layer.get("type") != "conv":
+        raise ModelError(f"spec['structure'] {where}: a factorized chain holds only 'conv' layers")
+    padding = layer["padding"] if isinstance(layer["padding"], str) else tuple(layer["padding"])
+    return nn.Conv2d(layer["in"], layer["out"], tuple(layer["kernel"]), stride=tuple(layer["stride"]),
+                     padding=padding, dilation=tuple(layer["dilation"]), groups=layer["groups"],
+                     bias=layer["bias"])
+
+
+def _resize(module: nn.Module, layer: Mapping[str, Any], name: str) -> None:
+    kind = {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.Linear: "linear"}
+    expected = next((v for k, v in kind.items() if isinstance(module, k)), None)
+    if expected != layer["type"]:
+        raise ModelError(f"spec['structure'][{name!r}] is a {layer['type']!r} layer but the model's is "
+                         f"{type(module).__name__}")
+    try:
+        if expected == "conv":
+            module.in_channels, module.out_channels, module.groups = layer["in"], layer["out"], layer["groups"]
+            shape = (layer["out"], layer["in"] // layer["groups"], *layer["kernel"])
+            module.weight = nn.Parameter(torch.empty(shape))
+            module.bias = nn.Parameter(torch.empty(layer["out"])) if layer["bias"] else None
+        elif expected == "bn":
+            n = layer["features"]
+            module.num_features = n
+            if module.affine:
+                module.weight, module.bias = nn.Parameter(torch.ones(n)), nn.Parameter(torch.zeros(n))
+            module.running_mean, module.running_var = torch.zeros(n), torch.ones(n)
+        else:
+            module.in_features, module.out_features = layer["in"], layer["out"]
+            module.weight = nn.Parameter(torch.empty(layer["out"], layer["in"]))
+            module.bias = nn.Parameter(torch.empty(layer["out"])) if layer["bias"] else None
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, RuntimeError) as error:
+        raise ModelError(f"spec['structure'][{name!r}] is malformed: {_first_line(error)}") from error
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
 
 
 def safe_torch_load(path: Path) -> Any:

@@ -285,3 +285,44 @@ def plot_history(study: Any) -> matplotlib.figure.Figure:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- compression and leaderboard figures
+
+def plot_layer_scan(scan: list[dict[str, Any]]) -> matplotlib.figure.Figure:
+    """Measured speed-up of each decomposable layer alone (before / after factorizing), kept ones in colour."""
+    import matplotlib.pyplot as plt
+
+    rows = [s for s in scan if s["speedup"] is not None]
+    fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(rows) + 2), 3.8))
+    colors = ["C2" if s["keep"] else "C7" for s in rows]
+    ax.bar(range(len(rows)), [s["speedup"] for s in rows], color=colors)
+    ax.axhline(1.0, color="k", linewidth=0.8)
+    ax.set_xticks(range(len(rows)), [f"{s['layer']} ({s['kind']})" for s in rows], rotation=90, fontsize=7)
+    ax.set(ylabel="speed-up of the layer alone", title="decomposition scan: green = kept (smaller and faster)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_candidates(records: list[dict[str, Any]], x: str = "latency_b1_ms", y: str = "f1_test",
+                    title: str = "macro-F1 against batch-1 latency") -> matplotlib.figure.Figure:
+    """Every candidate as a labelled point, the Pareto front (higher ``y``, lower ``x``) joined."""
+    import matplotlib.pyplot as plt
+
+    points = sorted((r[x], r[y], r["candidate"]) for r in records)
+    front, best = [], -np.inf
+    for px, py, name in points:
+        if py > best:
+            front.append((px, py))
+            best = py
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.scatter([p[0] for p in points], [p[1] for p in points], color="C0")
+    for px, py, name in points:
+        ax.annotate(name, (px, py), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.plot([p[0] for p in front], [p[1] for p in front], drawstyle="steps-post", color="C1",
+            label=f"Pareto front ({len(front)})")
+    ax.set(xlabel=x.replace("_", " "), ylabel=y.replace("_", " "), title=title)
+    ax.set_xscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -255,6 +255,20 @@ def build_augmentation(strength: float, policy: str = "randaugment") -> v2.Trans
     ])
 
 
+def distillation_config(spec: dict[str, Any], teacher_spec: dict[str, Any] | None, epochs: int, lr: float,
+                        batch_size: int = 32, temperature: float = 4.0, alpha: float = 0.5, augment: float = 0.3,
+                        weight_decay: float = 0.01, seed: int = 0, threads: int | None = None) -> TrainConfig:
+    """Fine-tuning settings for a student with the spec (input size, normalisation) of the model it came
+    from, distilled from a teacher fed at the teacher's own size and normalisation."""
+    teacher_spec = teacher_spec or {}
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, augment=augment,
+                       image_size=spec["image_size"], mean=tuple(spec["mean"]), std=tuple(spec["std"]), seed=seed,
+                       threads=threads, distill_temperature=temperature, distill_alpha=alpha,
+                       teacher_image_size=teacher_spec.get("image_size"),
+                       teacher_mean=tuple(teacher_spec["mean"]) if teacher_spec else None,
+                       teacher_std=tuple(teacher_spec["std"]) if teacher_spec else None)
+
+
 def train_model(
     model: nn.Module,
     train: tuple[np.ndarray, np.ndarray],

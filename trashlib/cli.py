@@ -1,4 +1,4 @@
-"""Command line: `python -m trashlib run|prepare|synthetic|tune-create|tune-worker ...`."""
+"""Command line: `python -m trashlib run|prepare|synthetic|download-taco|tune-create|tune-worker ...`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--out", required=True)
     syn.add_argument("--images", type=int, default=200)
     syn.add_argument("--seed", type=int, default=0)
+
+    dl = sub.add_parser("download-taco", help="download TACO's annotations.json and images (resumable)")
+    dl.add_argument("--out", required=True, help="folder for annotations.json and the images")
+    dl.add_argument("--annotations-url", default=None, help="http(s) URL of annotations.json "
+                                                            "(default: TACO's on GitHub)")
+    dl.add_argument("--workers", type=int, default=4, help="parallel downloads (default: 4)")
+    dl.add_argument("--retries", type=int, default=3, help="retries of a failed request (default: 3)")
+    dl.add_argument("--timeout", type=float, default=30.0, help="seconds a connect or read may stall (default: 30)")
+    dl.add_argument("--backoff", type=float, default=1.0,
+                    help="first wait before a retry, doubled each time (default: 1 s)")
 
     create = sub.add_parser("tune-create", help="create an architecture-search study (or check that "
                                                 "the existing one has these settings)")
@@ -85,9 +95,31 @@ def main(argv: list[str] | None = None) -> int:
 
         print(make_synthetic_coco(Path(args.out), n_images=args.images, seed=args.seed))
         return 0
+    if args.command == "download-taco":
+        return _download(args)
     if args.command in ("tune-create", "tune-worker"):
         return _tune(args)
     return 2
+
+
+def _download(args: argparse.Namespace) -> int:
+    from trashlib.download import DEFAULT_ANNOTATIONS_URL, DownloadError, download_taco
+
+    try:
+        summary = download_taco(args.out, args.annotations_url or DEFAULT_ANNOTATIONS_URL, workers=args.workers,
+                                retries=args.retries, backoff=args.backoff, timeout=args.timeout,
+                                progress=sys.stderr.isatty())
+    except DownloadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    if summary.ok:
+        return 0
+    for f in summary.failures[:10]:
+        print(f"failed: {f['file_name']} ({f['url']}): {f['reason']}", file=sys.stderr)
+    if len(summary.failures) > 10:
+        print(f"... and {len(summary.failures) - 10} more in {summary.report}", file=sys.stderr)
+    return 1
 
 
 def _tune(args: argparse.Namespace) -> int:

@@ -145,7 +145,21 @@ def detect_format(path: str | Path) -> str:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float, e.g. 10**400
+        return False
+
+
+def _is_text(s: str) -> bool:
+    """False for strings with lone surrogates (a bad JSON escape, an undecodable file name): not writable as UTF-8."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_id(v: Any) -> bool:
@@ -157,7 +171,7 @@ def read_coco(ann_path: Path, mapping: Mapping, report: DataReport) -> list[Samp
     name = ann_path.name
     try:
         doc = json.loads(ann_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8/JSON, an int of > 4300 digits
         raise DataError(f"{ann_path}: cannot read COCO annotations ({exc})") from None
     if not isinstance(doc, dict):
         raise DataError(f"{ann_path}: top level must be an object")
@@ -187,6 +201,9 @@ def read_coco(ann_path: Path, mapping: Mapping, report: DataReport) -> list[Samp
         fn = img.get("file_name")
         if not isinstance(fn, str) or not fn:
             report.skip(name, f"images[{i}].file_name", "missing or not a string")
+            continue
+        if not _is_text(fn):
+            report.skip(name, f"images[{i}].file_name", "not valid Unicode (lone surrogate escape)")
             continue
         images[img["id"]] = img
 
@@ -254,6 +271,9 @@ def read_imagefolder(root: Path, report: DataReport) -> tuple[list[Sample], dict
                 if f.name.startswith("."):
                     continue
                 rel = f.relative_to(root).as_posix()
+                if not _is_text(rel):
+                    report.skip(rel.encode("utf-8", "backslashreplace").decode(), "file", "name is not valid UTF-8")
+                    continue
                 if f.suffix.lower() not in IMAGE_EXTENSIONS:
                     report.skip(rel, "file", f"not an image file extension {f.suffix!r}")
                     continue
@@ -281,7 +301,7 @@ def safe_path(root: Path, rel: str) -> Path:
     try:
         resolved = path.resolve(strict=False)
         root_resolved = root.resolve()
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # ValueError: a lone surrogate the OS cannot encode
         raise DataError(f"file name {rel!r} cannot be resolved ({exc})") from None
     if not resolved.is_relative_to(root_resolved):
         raise DataError(f"file name {rel!r} leads out of the data root")

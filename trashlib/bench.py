@@ -129,6 +129,33 @@ def compare_models(
                                rounds=rounds, runs_per_round=runs_per_round, warmup=3)
 
 
+def runtime_table(
+    models: dict[str, tuple[nn.Module, int, int, str]],
+    threads: int = 2,
+    rounds: int = 7,
+    batch_sizes: Sequence[int] = (1, 32),
+) -> list[dict[str, Any]]:
+    """Every runtime variant timed together, interleaved in this process, at each batch size, against the
+    first one (the reference), and against its physical floor: ``models`` maps a name to (model, input
+    size, MACs, "fp32" or "int8"); the floor is MACs over this CPU's measured peak GEMM rate of that
+    precision with ``threads`` threads."""
+    with _torch_threads(threads):
+        peaks = {"fp32": peak_gemm_gflops(), "int8": peak_int8_gops()}
+    rows = {name: {"variant": name, "precision": precision, "macs": macs, "image_size": size,
+                   "peak_gops": peaks[precision], "floor_b1_ms": floor_ms(macs, peaks[precision])}
+            for name, (_, size, macs, precision) in models.items()}
+    for batch in batch_sizes:
+        timing = compare_models({name: (model, size) for name, (model, size, _, _) in models.items()}, batch,
+                                threads, rounds, 10 if batch == 1 else 2)
+        for name, summary in timing.items():
+            rows[name][f"b{batch}_ms"] = summary["median_ms"]
+            rows[name][f"speedup_b{batch}"] = 1.0 / summary["ratio_vs_first"]
+    for row in rows.values():
+        if "b1_ms" in row:
+            row["x_floor_b1"] = row["b1_ms"] / row["floor_b1_ms"] if row["floor_b1_ms"] > 0 else float("inf")
+    return list(rows.values())
+
+
 def throughput(
     model: nn.Module,
     image_size: int,
@@ -171,10 +198,14 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def saved_size_bytes(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())``, measured in memory."""
+def saved_size_bytes(model: nn.Module) -> int | None:
+    """Bytes of ``torch.save(model.state_dict())``, measured in memory; None for a model whose state
+    cannot be serialised (a lowered graph holding oneDNN opaque tensors)."""
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    try:
+        torch.save(model.state_dict(), buffer)
+    except (NotImplementedError, RuntimeError):
+        return None
     return buffer.tell()
 
 
@@ -238,6 +269,48 @@ def peak_gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
         torch.mm(a, b)
         times.append(time.perf_counter() - t0)
     return 2.0 * n**3 / statistics.median(times) / 1e9
+
+
+def peak_int8_gops(n: int = 1024, repeats: int = 5) -> float:
+    """Measured int8 matrix-multiply rate (``torch._int_mm``, int32 accumulate) with the current torch
+    threads: 2 n^3 / median time, in GOP/s."""
+    _check_count("n", n, minimum=32)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 127, (n, n), generator=generator, dtype=torch.int8)
+    b = torch.randint(-128, 127, (n, n), generator=generator, dtype=torch.int8)
+    torch._int_mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch._int_mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / statistics.median(times) / 1e9
+
+
+def original_loop_submit_time(model: nn.Module, spec: dict[str, Any], data: Any, split: str = "test",
+                              threads: int = 2) -> dict[str, Any]:
+    """The competition's own inference loop, for reference: every image decoded from disk with PIL,
+    transformed one at a time (torchvision Resize, ToTensor, Normalize) and predicted at batch 1, eager
+    fp32. Returns seconds, n and the predictions."""
+    from PIL import Image
+    from torchvision import transforms
+
+    from trashlib.data import load_crop
+
+    root, side = Path(data.meta["source_root"]), int(data.meta["config"]["cache_side"])
+    fit = data.meta["config"].get("fit", "pad")
+    size = spec["image_size"]
+    transform = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
+                                    transforms.Normalize(spec["mean"], spec["std"])])
+    model.eval()
+    predictions = []
+    with _torch_threads(threads), torch.inference_mode():
+        started = time.perf_counter()
+        for row in data.split_rows(split):
+            image = Image.fromarray(load_crop(root, row, side, fit))
+            predictions.append(int(model(transform(image)[None]).argmax(1)))
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "n": len(predictions), "predictions": predictions}
 
 
 def floor_ms(macs: int, gflops: float) -> float:

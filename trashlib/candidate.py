@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
+import pandas as pd
 from torch import nn
 
 from trashlib.bench import profile_model
@@ -112,3 +114,77 @@ def baseline_or_standin(run: Run, data: PreparedData, epochs: int = 2, image_siz
                          seed=seed, threads=threads, batch_size=32)
     result = train_model(model, data.split("train"), data.split("val"), config, progress=False)
     return result.model.eval(), model_spec("mnasnet1_0", data, image_size, norm), None
+
+
+STAGES: tuple[str, ...] = ("baseline", "search", "compress", "deploy")
+
+
+def list_candidates(run: Run, stages: Sequence[str] = STAGES) -> list[dict[str, Any]]:
+    """Every candidate record saved in the run directory (``<stage>/<label>/metrics.json``), with its stage."""
+    records = []
+    for stage in stages:
+        for path in sorted((run.run_dir / stage).glob("*/metrics.json")):
+            metrics = read_json(path)["metrics"]
+            if "f1_test" in metrics:
+                records.append({"stage": stage, **metrics})
+    return records
+
+
+def pick_for_deployment(records: Sequence[dict[str, Any]], top_n: int,
+                        labels: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The baseline, then ``labels`` ("stage/candidate") when given, else the ``top_n`` other candidates
+    with the lowest published score (ties: faster first)."""
+    by_key = {f"{r['stage']}/{r['candidate']}": r for r in records}
+    missing = [key for key in labels if key not in by_key]
+    if missing:
+        raise ValueError(f"candidates {missing} are not in the run directory; there are {sorted(by_key)}")
+    base = [r for r in records if r["stage"] == "baseline" and r["candidate"] == "baseline"]
+    others = [by_key[k] for k in labels] if labels else sorted(
+        (r for r in records if r not in base), key=lambda r: (r["score_published"], r["latency_b1_ms"]))[:top_n]
+    return base + [r for r in others if r not in base]
+
+
+def leaderboard(records: Sequence[dict[str, Any]], rank_by: str = "score_published") -> pd.DataFrame:
+    """One row per candidate, indexed by name, sorted by ``rank_by`` (then latency); ``runtime`` says how it
+    runs ("eager-fp32" for saved torch models) and ``deployable`` marks the ONNX models with a model card."""
+    if rank_by not in ("score_published", "score_relative"):
+        raise ValueError(f"rank_by must be 'score_published' or 'score_relative', got {rank_by!r}")
+    board = pd.DataFrame(records)
+    if board.empty:
+        raise ValueError("no candidate records to rank")
+    if board[rank_by].isna().any():
+        raise ValueError(f"{rank_by} is missing for {list(board.loc[board[rank_by].isna(), 'candidate'])} "
+                         "(no baseline in the run: rank by score_published)")
+    if board["candidate"].duplicated().any():
+        raise ValueError(f"candidate names repeat: {sorted(board.loc[board['candidate'].duplicated(), 'candidate'])}")
+    for column in ("runtime", "flagged"):
+        if column not in board:
+            board[column] = None
+    board["runtime"] = board["runtime"].fillna("eager-fp32")
+    board["deployable"] = board["runtime"].str.startswith("onnx") & board["flagged"].isna()
+    return board.sort_values([rank_by, "latency_b1_ms"]).set_index("candidate")
+
+
+def pareto_front(board: pd.DataFrame, f1: str = "f1_test", latency: str = "latency_b1_ms") -> list[str]:
+    """The candidates no other beats on both test F1 (higher) and latency (lower), fastest first."""
+    front, best = [], float("-inf")
+    for name, row in board.sort_values([latency, f1], ascending=[True, False]).iterrows():
+        if row[f1] > best:
+            front.append(name)
+            best = row[f1]
+    return front
+
+
+def ship_winner(run: Run, board: pd.DataFrame) -> dict[str, Any]:
+    """Copy the best-ranked deployable candidate's ONNX model and model card to ``winner/``."""
+    from trashlib.files import atomic_write_bytes
+
+    deployable = board[board["deployable"]]
+    if deployable.empty:
+        raise ValueError("no deployable (ONNX) candidate in the leaderboard: run notebook 04 first")
+    name = deployable.index[0]
+    files = []
+    for file in ("model.onnx", "model_card.json"):
+        source = run.run_dir / "deploy" / name / file
+        files.append(atomic_write_bytes(run.path("winner", file), source.read_bytes()))
+    return {"candidate": name, "files": files}

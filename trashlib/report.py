@@ -53,6 +53,10 @@ def write_index(report_dir: Path, summary: RunSummary, run_dir: Path) -> Path:
         status = html.escape(r.status + (f": {r.error}" if r.error else ""))
         rows.append(f"<tr><td>{link}</td><td>{status}</td><td>{r.seconds:.1f}</td><td>{numbers}</td></tr>")
     total = sum(r.seconds for r in summary.results)
+    files = [name for name in ("leaderboard.csv", "winner/model.onnx", "winner/model_card.json")
+             if (report_dir / name).is_file()]
+    downloads = ("<p>Files: " + ", ".join(f'<a href="{html.escape(n)}">{html.escape(n)}</a>' for n in files)
+                 + "</p>") if files else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>trashlib run {html.escape(summary.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
@@ -63,7 +67,7 @@ run directory <code>{html.escape(summary.run_dir)}</code>; {total:.1f} s of note
 {'all notebooks succeeded' if summary.ok else '<b>a notebook failed</b>'}.</p>
 <table><tr><th>notebook</th><th>status</th><th>seconds</th><th>headline numbers</th></tr>
 {''.join(rows)}
-</table></body></html>
+</table>{downloads}</body></html>
 """
     return atomic_write_text(report_dir / "index.html", page)
 

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from trashlib.data import PrepareConfig, PreparedData, load_prepared, prepare_dataset
-from trashlib.files import atomic_write_json, atomic_write_text, read_json
+from trashlib.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -224,6 +224,19 @@ def _stamp(nb: Path, params: dict[str, Any], previous: str) -> str:
     return h.hexdigest()
 
 
+PUBLISHED: tuple[str, ...] = ("leaderboard.csv", "winner/model.onnx", "winner/model_card.json")
+
+
+def publish_artifacts(run_dir: Path, report_dir: Path) -> list[Path]:
+    """Copy the leaderboard and the winning deployable model from the run directory into the report folder."""
+    copied = []
+    for name in PUBLISHED:
+        source = run_dir / name
+        if source.is_file():
+            copied.append(atomic_write_bytes(report_dir / name, source.read_bytes()))
+    return copied
+
+
 def run_workbook(profile: str, data: str, name: str, overrides: dict[str, Any] | None = None,
                  only: list[str] | None = None, force: bool = False, runs_root: Path | None = None,
                  reports_root: Path | None = None, notebook_dir: Path = NOTEBOOK_DIR,
@@ -293,6 +306,8 @@ def run_workbook(profile: str, data: str, name: str, overrides: dict[str, Any] |
         render_html(out_nb, html)
         summary.results.append(NotebookResult(nb.stem, "ran", seconds, html.name))
         log(f"[{i}/{len(notebooks)}] {nb.stem}: done in {seconds:.1f} s -> {html}")
+    for artifact in publish_artifacts(run_dir, report_dir):
+        log(f"published {artifact}")
     write_index(report_dir, summary, run_dir)
     log(f"report: {report_dir / 'index.html'}")
     return summary

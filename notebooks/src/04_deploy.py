@@ -1,0 +1,140 @@
+# %% [markdown]
+# # 04 · Deploy: int8, ONNX Runtime, and one timing harness
+#
+# Decides how the robot should run the best models: eager PyTorch, `torch.compile`, PT2E int8 (torchao's x86
+# quantizer, lowered to oneDNN int8 kernels), or ONNX Runtime at fp32 or static int8. The baseline and the best
+# candidates of notebooks 01 to 03 are quantized, exported and timed together, and compared with the physical
+# floor of this CPU. Reads every `metrics.json` and `model.pt` under `baseline/`, `search/` and `compress/`;
+# writes `deploy/<candidate>-<runtime>/` (`model.onnx`, `model_card.json`, `metrics.json`) and
+# `deploy/timing.json`.
+
+# %% [parameters]
+run_dir = "../runs/scratch"
+data = "synthetic"
+top_n = 1  # candidates deployed besides the baseline: the lowest published scores
+candidates = []  # or explicit "stage/candidate" names, e.g. ["compress/baseline-pruned50"]
+calibration_images = 64
+with_compile = False  # also time torch.compile (about a minute of compilation per model on 2 cores)
+seed = 0
+threads = 2
+latency_runs = 10
+compare_rounds = 5
+standin_epochs = 2
+
+# %%
+import pandas as pd
+import torch
+from IPython.display import display
+
+from trashlib import report
+from trashlib.bench import original_loop_submit_time, runtime_table
+from trashlib.candidate import (assess_candidate, baseline_or_standin, list_candidates, load_candidate,
+                                pick_for_deployment)
+from trashlib.quantize import deploy_candidate, read_model_card
+from trashlib.train import seed_everything
+from trashlib.workbook import open_run
+
+run = open_run(run_dir)
+dataset = run.prepared(data)
+params = dict(top_n=top_n, candidates=candidates, calibration_images=calibration_images, with_compile=with_compile,
+              seed=seed, threads=threads, latency_runs=latency_runs, compare_rounds=compare_rounds)
+records = list_candidates(run, ("baseline", "search", "compress"))
+if not any(r["candidate"] == "baseline" for r in records):
+    model, spec, _ = baseline_or_standin(run, dataset, standin_epochs, seed=seed, threads=threads)
+    records.append({"stage": "baseline", **assess_candidate("baseline", model, spec, dataset, threads=threads,
+                                                            latency_runs=latency_runs)})
+chosen = pick_for_deployment(records, top_n, candidates)
+display(pd.DataFrame(records).set_index("candidate")[["stage", "model", "f1_test", "latency_b1_ms", "submit_s",
+                                                       "score_published"]].sort_values("score_published").round(4))
+print("deploying:", ", ".join(f"{r['stage']}/{r['candidate']}" for r in chosen))
+
+# %% [markdown]
+# ## Quantize and export
+# For each chosen candidate: PT2E post-training static int8 calibrated on `calibration_images` training crops
+# (FX graph mode where `torch.export` fails), a single-file ONNX export checked by onnx's checker and against
+# torch's logits, and ONNX Runtime static int8 (QDQ, per-channel weights). Each runtime is assessed like every
+# other candidate and checked against its fp32 source: top-1 agreement and the largest logit difference on
+# validation crops. A runtime that fails is flagged and the candidate stays in the leaderboard as fp32.
+
+# %%
+seed_everything(seed)
+deployed, sources, deploy_records = {}, {}, []
+for source in chosen:
+    model, spec = (load_candidate(run, source["stage"], source["candidate"]) or
+                   baseline_or_standin(run, dataset, standin_epochs, seed=seed, threads=threads))[:2]
+    sources[source["candidate"]] = (model, spec, source)
+    deployed[source["candidate"]], records_ = deploy_candidate(run, source["candidate"], model, spec, source,
+                                                               dataset, params, None, threads, latency_runs,
+                                                               calibration_images)
+    deploy_records += records_
+checks = pd.DataFrame(deploy_records).set_index("candidate")
+display(checks[[c for c in ("runtime", "method", "top1_agreement", "max_abs_diff", "f1_test", "f1_change",
+                            "size_bytes", "flagged") if c in checks]].round(4))
+
+# %% [markdown]
+# ## One harness, every runtime
+# All variants in one process, interleaved round by round, `threads` threads, at batch 1 and 32; the speed-ups
+# are against the baseline in eager fp32 (the first row). The floor is the model's MACs over this CPU's peak
+# multiply-add rate measured with a large GEMM (fp32 `torch.mm`; int8 `torch._int_mm`), so `x_floor_b1` says how
+# far each variant is from what the arithmetic alone costs.
+
+# %%
+variants = {}
+for label, (model, spec, source) in sources.items():
+    size, macs = spec["image_size"], source["macs"]
+    variants[f"{label} eager-fp32"] = (model, size, macs, "fp32")
+    if with_compile:
+        variants[f"{label} compile-fp32"] = (torch.compile(model), size, macs, "fp32")
+    for runtime, module in deployed[label].items():
+        variants[f"{label} {runtime}"] = (module, size, macs, "int8" if runtime.endswith("int8") else "fp32")
+timing = pd.DataFrame(runtime_table(variants, threads, compare_rounds)).set_index("variant")
+display(timing.round(3))
+f1_of = {**{f"{label} {kind}-fp32": source["f1_test"] for label, (_, _, source) in sources.items()
+            for kind in ("eager", "compile")},
+         **{f"{r['source']} {r['runtime']}": r["f1_test"] for r in deploy_records if not r.get("flagged")}}
+fig = report.plot_candidates([{"candidate": name, "f1_test": f1_of[name], "latency_b1_ms": row["b1_ms"]}
+                              for name, row in timing.iterrows()],
+                             title="deployed variants: test macro-F1 against batch-1 latency (interleaved)")
+
+# %% [markdown]
+# ## Against the competition's own inference loop
+# The original loop decoded each image with PIL, transformed it alone (Resize, ToTensor, Normalize) and ran the
+# model at batch 1, eager fp32. Here it runs the baseline on the whole test split, next to the submit time of the
+# fastest deployed variant (the same photos decoded from disk, batched).
+
+# %%
+base_model, base_spec, base_record = sources["baseline"]
+original = original_loop_submit_time(base_model, base_spec, dataset, threads=threads)
+ok = [r for r in deploy_records if not r.get("flagged")]
+fastest = min(ok, key=lambda r: r["submit_s"])
+print(f"original loop: {original['seconds']:.2f} s for {original['n']} images; fastest deployed "
+      f"{fastest['candidate']}: {fastest['submit_s']:.2f} s ({original['seconds'] / fastest['submit_s']:.1f}x shorter)")
+
+# %% [markdown]
+# ## Summary
+
+# %%
+summary = {"timing": timing.reset_index().to_dict("records"), "original_loop_s": original["seconds"],
+           "original_loop_n": original["n"], "fastest_submit": fastest["candidate"],
+           "fastest_submit_s": fastest["submit_s"]}
+run.write_metrics("deploy", summary, params)
+columns = ["runtime", "f1_test", "f1_change", "top1_agreement", "latency_b1_ms", "submit_s", "size_bytes",
+           "score_published", "flagged"]
+display(checks[[c for c in columns if c in checks]].round(4))
+best = min(ok, key=lambda r: r["score_published"])
+run.headline("04_deploy", {"deployed": len(ok), "flagged": len(deploy_records) - len(ok), "best": best["candidate"],
+                           "best_f1": round(best["f1_test"], 4), "best_latency_ms": round(best["latency_b1_ms"], 3),
+                           "original_loop_s": round(original["seconds"], 3),
+                           "fastest_submit_s": round(fastest["submit_s"], 3)})
+
+for r in ok:
+    folder = run.path("deploy", r["candidate"], "metrics.json").parent
+    assert r["top1_agreement"] > 0.5, f"{r['candidate']} disagrees with its fp32 source on most crops"
+    if r["runtime"] == "onnx-fp32":
+        assert r["max_abs_diff"] < 1e-3, f"{r['candidate']}: ONNX fp32 differs from torch by {r['max_abs_diff']}"
+    if r["runtime"].startswith("onnx"):
+        assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "model.onnx", "model_card.json"], \
+            f"{folder} holds more than one model file (external data?)"
+        assert read_model_card(folder / "model.onnx")["class_names"] == list(dataset.classes)
+assert original["n"] == len(dataset.split("test")[1]) == fastest["submit_n"]
+assert all(row["b1_ms"] > 0 and row["floor_b1_ms"] > 0 for _, row in timing.iterrows())

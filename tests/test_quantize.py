@@ -1,0 +1,191 @@
+"""int8 (PT2E, FX fallback), ONNX export with model card, ONNX Runtime fp32/int8, deployment records, leaderboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from conftest import six_class_photos
+from trashlib import quantize
+from trashlib.bench import runtime_table
+from trashlib.candidate import (assess_candidate, leaderboard, list_candidates, model_spec, pareto_front,
+                                pick_for_deployment, save_candidate, ship_winner)
+from trashlib.data import PrepareConfig, prepare_dataset
+from trashlib.models import build_model, model_preprocessing
+from trashlib.quantize import (ChunkedGraph, OrtModel, QuantizeError, agreement, calibration_batches,
+                               deploy_candidate, export_onnx, quantize_int8, quantize_onnx_int8, read_model_card)
+from trashlib.workbook import open_run
+
+SIZE = 32
+
+
+class Small(nn.Module):
+    """A conv net small enough to quantize in a second or two."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.head = nn.Linear(32, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+class DataDependent(Small):
+    """Python control flow on tensor values: neither torch.export nor FX can trace it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.features(x)
+        if float(y.mean()) > 1e9:
+            y = y * 2
+        return self.head(y.mean((2, 3)))
+
+
+SPEC = {"name": "small", "num_classes": 6, "class_names": ["a", "b", "c", "d", "e", "f"], "image_size": SIZE,
+        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+@pytest.fixture(scope="module")
+def small() -> nn.Module:
+    torch.manual_seed(0)
+    model = Small().eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 1.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def batches() -> list[torch.Tensor]:
+    images = np.random.default_rng(0).integers(0, 256, size=(48, SIZE, SIZE, 3), dtype=np.uint8)
+    return calibration_batches(images, SPEC, batch_size=16)
+
+
+def test_empty_calibration_set_is_an_error(small):
+    with pytest.raises(QuantizeError, match="calibration set is empty"):
+        calibration_batches(np.zeros((0, SIZE, SIZE, 3), np.uint8), SPEC)
+    with pytest.raises(QuantizeError, match="calibration set is empty"):
+        quantize_int8(small, SPEC, [])
+
+
+def test_pt2e_int8_agrees_with_fp32_and_runs_any_batch(small, batches):
+    model, method, fallback = quantize_int8(small, SPEC, batches)
+    assert method == "pt2e-x86" and fallback is None and isinstance(model, ChunkedGraph)
+    check = agreement(small, model, batches)
+    assert check["top1_agreement"] >= 0.9 and check["max_abs_diff"] < 1.0
+    model.eval(), model.train()  # exported graphs have no train mode: harmless
+    with torch.inference_mode():
+        for n in (1, 5, 40):
+            x = torch.randn(n, 3, SIZE, SIZE)
+            assert model(x).shape == (n, 6)
+
+
+def test_fx_is_the_fallback_when_pt2e_fails(small, batches, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("export not supported here")
+
+    monkeypatch.setattr(quantize, "quantize_pt2e", broken)
+    model, method, fallback = quantize_int8(small, SPEC, batches)
+    assert method == "fx-x86" and "export not supported here" in fallback
+    assert agreement(small, model, batches)["top1_agreement"] >= 0.9
+
+
+def test_a_model_neither_path_can_quantize_gets_a_clear_error(batches):
+    model = DataDependent().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(QuantizeError, match="cannot be quantized: PT2E failed.*FX fallback failed"):
+        quantize_int8(model, SPEC, batches)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_onnx_export_is_one_checked_file_with_a_model_card(small, batches, tmp_path: Path):
+    path = export_onnx(small, SPEC, tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    card = read_model_card(path)
+    assert card["class_names"] == SPEC["class_names"] and card["image_size"] == SIZE
+    assert card["input"]["mean"] == SPEC["mean"] and card["input"]["layout"] == "NCHW"
+    session = OrtModel(path, threads=1)
+    check = agreement(small, session, batches)
+    assert check["top1_agreement"] == 1.0 and check["max_abs_diff"] < 1e-4
+
+
+def test_onnx_static_int8_is_qdq_keeps_the_card_and_leaves_no_temporary_file(small, batches, tmp_path: Path):
+    fp32 = export_onnx(small, SPEC, tmp_path / "fp32.onnx")
+    int8 = quantize_onnx_int8(fp32, tmp_path / "int8.onnx", batches)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx"]
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert read_model_card(int8)["class_names"] == SPEC["class_names"]
+    assert int8.stat().st_size < fp32.stat().st_size
+    assert agreement(small, OrtModel(int8, 1), batches)["top1_agreement"] >= 0.8
+
+
+def test_an_unexportable_model_is_a_clear_error(tmp_path: Path):
+    class ThroughNumpy(Small):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(super().forward(x).detach().numpy().copy())
+
+    with pytest.raises(QuantizeError, match="cannot be exported to ONNX|differ from torch|does not run in onnxruntime"):
+        export_onnx(ThroughNumpy().eval(), SPEC, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_runtime_table_times_every_variant_against_the_first_and_its_floor(small, batches):
+    int8, _, _ = quantize_int8(small, SPEC, batches)
+    rows = runtime_table({"eager": (small, SIZE, 10**6, "fp32"), "int8": (int8, SIZE, 10**6, "int8")},
+                         threads=1, rounds=1, batch_sizes=(1,))
+    assert [r["variant"] for r in rows] == ["eager", "int8"]
+    assert rows[0]["speedup_b1"] == 1.0 and rows[1]["b1_ms"] > 0
+    assert all(r["floor_b1_ms"] > 0 and r["x_floor_b1"] > 0 for r in rows)
+
+
+@pytest.fixture
+def tiny(coco_factory, tmp_path):
+    root, _ = coco_factory(six_class_photos(36))
+    return prepare_dataset(root, tmp_path / "data", PrepareConfig(cache_side=32), progress=False)
+
+
+def test_deploy_writes_three_runtimes_and_flags_a_failure_as_fp32(tiny, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    norm = model_preprocessing("mnasnet0_5")
+    model = build_model("mnasnet0_5", len(tiny.classes), 32).eval()
+    spec = model_spec("mnasnet0_5", tiny, 32, norm)
+    run = open_run(tmp_path / "run")
+    source = {"stage": "baseline", **assess_candidate("baseline", model, spec, tiny, threads=1, latency_runs=3)}
+    save_candidate(run, "baseline", source, model, spec, {})
+    _, records = deploy_candidate(run, "baseline", model, spec, source, tiny, {}, None, 1, 3, 16)
+    assert [r["runtime"] for r in records] == ["pt2e-int8", "onnx-fp32", "onnx-int8"]
+    assert all(r["flagged"] is None and r["macs"] == source["macs"] for r in records)
+    assert records[1]["max_abs_diff"] < 1e-3 and records[1]["f1_test"] == pytest.approx(source["f1_test"])
+    for name in ("baseline-onnx-fp32", "baseline-onnx-int8"):
+        folder = run.run_dir / "deploy" / name
+        assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "model.onnx", "model_card.json"]
+
+    def no_export(*args, **kwargs):
+        raise QuantizeError("cannot be exported to ONNX: test")
+
+    monkeypatch.setattr(quantize, "export_onnx", no_export)
+    _, flagged = deploy_candidate(run, "other", model, spec, source, tiny, {}, None, 1, 3, 16)
+    assert [r["flagged"] is not None for r in flagged] == [False, True, True]
+    assert flagged[1]["f1_test"] == source["f1_test"] and "fp32 kept" in flagged[1]["flagged"]
+
+    board = leaderboard(list_candidates(run))
+    assert list(board["score_published"]) == sorted(board["score_published"])
+    assert not board.loc["other-onnx-fp32", "deployable"] and board.loc["baseline-onnx-int8", "deployable"]
+    assert set(pareto_front(board)) <= set(board.index)
+    winner = ship_winner(run, board)
+    assert winner["candidate"] in ("baseline-onnx-fp32", "baseline-onnx-int8")
+    assert (run.run_dir / "winner" / "model.onnx").read_bytes() == \
+        (run.run_dir / "deploy" / winner["candidate"] / "model.onnx").read_bytes()
+    picked = pick_for_deployment(list_candidates(run, ("baseline",)), top_n=1)
+    assert picked[0]["candidate"] == "baseline"
+    with pytest.raises(ValueError, match="not in the run directory"):
+        pick_for_deployment(list_candidates(run), 1, ["compress/missing"])
+    with pytest.raises(ValueError, match="rank_by"):
+        leaderboard(list_candidates(run), "accuracy")

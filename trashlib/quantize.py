@@ -1,0 +1,358 @@
+"""Deployment: int8 through PT2E (torchao, FX fallback), ONNX export with a model card, ONNX Runtime fp32/int8."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trashlib.files import atomic_write_bytes, atomic_write_json, sha256_file
+from trashlib.train import preprocess
+
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+CHUNK = 32  # the PT2E-lowered graph is static: batches run in chunks of this size (the last one padded)
+
+
+class QuantizeError(ValueError):
+    """A model that cannot be quantized or exported, or unusable calibration data."""
+
+
+def calibration_batches(images: np.ndarray, spec: dict[str, Any], batch_size: int = 32,
+                        max_images: int = 256) -> list[torch.Tensor]:
+    """Preprocessed float batches (the model's size and normalisation) from uint8 NHWC training crops."""
+    if images is None or len(images) == 0:
+        raise QuantizeError("the calibration set is empty: int8 ranges need at least one training image")
+    images = images[:max_images]
+    return [preprocess(images[i:i + batch_size], spec["image_size"], spec["mean"], spec["std"]).contiguous()
+            for i in range(0, len(images), batch_size)]
+
+
+class ChunkedGraph(nn.Module):
+    """Runs graphs traced for a fixed batch (1 and ``CHUNK``) on any batch: 1 as is, more in padded chunks."""
+
+    def __init__(self, single: nn.Module, chunked: nn.Module) -> None:
+        super().__init__()
+        self.single, self.chunked = single, chunked
+
+    def train(self, mode: bool = True) -> ChunkedGraph:
+        """Exported graphs have no train mode: only the flag changes (eval/train calls stay harmless)."""
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        if x.shape[0] == 1:
+            return self.single(x)
+        outputs = []
+        for start in range(0, x.shape[0], CHUNK):
+            part = x[start:start + CHUNK]
+            n = part.shape[0]
+            if n < CHUNK:
+                part = torch.cat([part, part[-1:].expand(CHUNK - n, *part.shape[1:])])
+            outputs.append(self.chunked(part)[:n])
+        return torch.cat(outputs)
+
+
+def quantize_pt2e(model: nn.Module, spec: dict[str, Any], batches: Sequence[torch.Tensor]) -> nn.Module:
+    """Post-training static int8: ``torch.export``, ``prepare_pt2e`` with ``X86InductorQuantizer``,
+    calibration on ``batches``, ``convert_pt2e``, then ``lower_pt2e_quantized_to_x86`` (oneDNN int8 kernels)."""
+    from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+
+    _check_batches(batches)
+    size = spec["image_size"]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = torch.export.export(model.eval(), (torch.zeros(2, 3, size, size),),
+                                       dynamic_shapes=({0: batch},)).module()
+        quantizer = X86InductorQuantizer()
+        quantizer.set_global(get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported, quantizer)
+        for x in batches:
+            prepared(x)
+        converted = convert_pt2e(prepared)
+        single = lower_pt2e_quantized_to_x86(converted, (torch.zeros(1, 3, size, size),))
+        chunked = lower_pt2e_quantized_to_x86(converted, (torch.zeros(CHUNK, 3, size, size),))
+    return ChunkedGraph(single, chunked).eval()
+
+
+def quantize_fx(model: nn.Module, spec: dict[str, Any], batches: Sequence[torch.Tensor]) -> nn.Module:
+    """The fallback: FX graph mode post-training static int8 (``torch.ao.quantization.quantize_fx``, x86)."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    _check_batches(batches)
+    import copy
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (batches[0][:1],))
+        for x in batches:
+            prepared(x)
+        return convert_fx(prepared).eval()
+
+
+def quantize_int8(model: nn.Module, spec: dict[str, Any],
+                  batches: Sequence[torch.Tensor]) -> tuple[nn.Module, str, str | None]:
+    """PT2E int8, or FX int8 where export or PT2E fails. Returns (model, method, why PT2E was not used)."""
+    _check_batches(batches)
+    try:
+        return quantize_pt2e(model, spec, batches), "pt2e-x86", None
+    except Exception as error:  # torch.export and the quantizer raise many types on unsupported graphs
+        reason = f"PT2E failed: {type(error).__name__}: {_first_line(error)}"
+    try:
+        return quantize_fx(model, spec, batches), "fx-x86", reason
+    except Exception as error:
+        raise QuantizeError(f"{spec.get('name', 'model')} cannot be quantized: {reason}; FX fallback failed: "
+                            f"{type(error).__name__}: {_first_line(error)}") from error
+
+
+def agreement(a: nn.Module, b: nn.Module, batches: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Top-1 agreement and largest logit difference of two models on the same batches."""
+    same = total = 0
+    worst = 0.0
+    with torch.inference_mode():
+        for x in batches:
+            ya, yb = a(x), b(x)
+            same += int((ya.argmax(1) == yb.argmax(1)).sum())
+            total += len(x)
+            worst = max(worst, float((ya - yb).abs().max()))
+    return {"top1_agreement": same / total, "max_abs_diff": worst}
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX
+
+
+def model_card(spec: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a robot needs to use the model: classes, input size, layout, value range and normalisation."""
+    return {"model": spec["name"], "class_names": list(spec["class_names"]), "image_size": spec["image_size"],
+            "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "color": "RGB",
+                      "scale": "pixel / 255, resized to image_size x image_size, then (x - mean) / std",
+                      "mean": list(spec["mean"]), "std": list(spec["std"])},
+            "output": {"name": OUTPUT_NAME, "meaning": "logits, one per class, argmax is the label"},
+            **(extra or {})}
+
+
+def export_onnx(model: nn.Module, spec: dict[str, Any], path: Path, card: dict[str, Any] | None = None) -> Path:
+    """A single-file ONNX model (dynamic batch, opset 17) with the model card in its metadata, checked by onnx."""
+    import onnx
+
+    path = Path(path)
+    size = spec["image_size"]
+    buffer = _export_bytes(model, size)
+    proto = onnx.load_from_string(buffer)
+    card = card or model_card(spec)
+    for key, value in {"model_card": json.dumps(card), "class_names": json.dumps(card["class_names"]),
+                       "image_size": str(size), "mean": json.dumps(card["input"]["mean"]),
+                       "std": json.dumps(card["input"]["std"])}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise QuantizeError(f"{path}: the exported model fails onnx's checker: {_first_line(error)}") from error
+    data = proto.SerializeToString()
+    difference = _onnx_torch_difference(data, model, size)
+    if difference > 1e-3:  # e.g. a value computed outside torch was traced as a constant
+        raise QuantizeError(f"{path}: the exported model's outputs differ from torch's by up to {difference:.3g} "
+                            f"on random inputs: the graph was not captured faithfully")
+    atomic_write_bytes(path, data)
+    return path
+
+
+def _onnx_torch_difference(data: bytes, model: nn.Module, size: int) -> float:
+    import onnxruntime as ort
+
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    try:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        with torch.inference_mode():
+            for batch in (1, 3):
+                x = torch.randn(batch, 3, size, size, generator=generator)
+                out = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+                worst = max(worst, float(np.abs(out - model(x).numpy()).max()))
+    except Exception as error:  # onnxruntime raises its own types for graphs it cannot run
+        raise QuantizeError(f"the exported {type(model).__name__} does not run in onnxruntime: "
+                            f"{_first_line(error)}") from error
+    return worst
+
+
+def _export_bytes(model: nn.Module, size: int) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model.eval(), (torch.zeros(1, 3, size, size),), buffer, dynamo=False,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=17,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        except Exception as error:  # the exporter raises many types on unsupported graphs
+            raise QuantizeError(f"{type(model).__name__} cannot be exported to ONNX: {type(error).__name__}: "
+                                f"{_first_line(error)}") from error
+    return buffer.getvalue()
+
+
+def read_model_card(path: Path) -> dict[str, Any]:
+    """The model card stored in an ONNX file's metadata."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if "model_card" not in meta:
+        raise QuantizeError(f"{path} carries no model card in its metadata")
+    return json.loads(meta["model_card"])
+
+
+def quantize_onnx_int8(fp32_path: Path, out_path: Path, batches: Sequence[torch.Tensor]) -> Path:
+    """Static int8 ONNX (QDQ, per-channel weights, uint8 activations) calibrated on ``batches``; the
+    metadata (model card) is carried over."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_static)
+
+    _check_batches(batches)
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{INPUT_NAME: x.numpy()} for x in batches])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    tmp_pre = out_path.with_name(f".{out_path.name}.pre.onnx")
+    tmp_q = out_path.with_name(f".{out_path.name}.q.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(tmp_pre), skip_symbolic_shape=True)
+        quantize_static(str(tmp_pre), str(tmp_q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        proto = onnx.load(str(tmp_q))
+    except Exception as error:
+        raise QuantizeError(f"{fp32_path}: onnxruntime static int8 quantization failed: {type(error).__name__}: "
+                            f"{_first_line(error)}") from error
+    finally:
+        tmp_pre.unlink(missing_ok=True)
+    tmp_q.unlink(missing_ok=True)
+    source_meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    del proto.metadata_props[:]
+    for key, value in source_meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    atomic_write_bytes(out_path, proto.SerializeToString())
+    return out_path
+
+
+class OrtModel(nn.Module):
+    """An ONNX Runtime CPU session behind the ``nn.Module`` call interface (tensor in, logits tensor out),
+    so the evaluation and timing code treats it like any other model."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().float().contiguous().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def write_model_card(path: Path, card: dict[str, Any], onnx_path: Path) -> Path:
+    """The model card as JSON beside the ONNX file, with the file's name and sha256."""
+    return atomic_write_json(Path(path), {**card, "onnx_file": Path(onnx_path).name,
+                                          "onnx_sha256": sha256_file(Path(onnx_path))})
+
+
+def _check_batches(batches: Sequence[torch.Tensor]) -> None:
+    if not batches or not all(isinstance(x, torch.Tensor) and x.ndim == 4 and len(x) for x in batches):
+        raise QuantizeError("the calibration set is empty: int8 ranges need at least one batch of images")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# One candidate, deployed three ways
+
+
+RUNTIMES: tuple[str, ...] = ("pt2e-int8", "onnx-fp32", "onnx-int8")
+
+
+def deploy_candidate(run: Any, label: str, model: nn.Module, spec: dict[str, Any], source: dict[str, Any],
+                     data: Any, params: dict[str, Any], baseline: dict[str, Any] | None = None,
+                     threads: int = 2, latency_runs: int = 50, calibration_images: int = 256,
+                     ) -> tuple[dict[str, nn.Module], list[dict[str, Any]]]:
+    """PT2E int8 (FX fallback) in torch, ONNX fp32 and ONNX int8 (QDQ) in onnxruntime, each assessed like
+    every candidate (test F1, latency, throughput, submit time, scores) and checked against the fp32 source
+    (top-1 agreement, largest logit difference). ONNX variants are written to ``deploy/<label>-<runtime>/``
+    (``model.onnx``, ``model_card.json``, ``metrics.json``). A runtime that fails gets a record with
+    ``flagged`` (the reason) and no model; the fp32 source stays the candidate for it.
+    Returns the runtime models by name and their records.
+    """
+    from trashlib.candidate import assess_candidate
+
+    train_x, _ = data.split("train")
+    batches = calibration_batches(train_x[:calibration_images], spec)
+    val_x, _ = data.split("val")
+    check = calibration_batches(val_x[:128], spec) if len(val_x) else batches
+    models: dict[str, nn.Module] = {}
+    records: list[dict[str, Any]] = []
+    onnx_fp32: Path | None = None
+    for runtime in RUNTIMES:
+        name = f"{label}-{runtime}"
+        folder = run.path("deploy", name, "model.onnx").parent
+        info: dict[str, Any] = {"source": label, "source_stage": source.get("stage"), "runtime": runtime}
+        try:
+            if runtime == "pt2e-int8":
+                deployed, method, fallback = quantize_int8(model, spec, batches)
+                info.update(method=method, pt2e_fallback_reason=fallback)
+            elif runtime == "onnx-fp32":
+                onnx_fp32 = export_onnx(model, spec, folder / "model.onnx",
+                                        model_card(spec, {"runtime": "onnxruntime CPU, fp32", "source": label}))
+                deployed = OrtModel(onnx_fp32, threads)
+            else:
+                if onnx_fp32 is None:
+                    raise QuantizeError("no fp32 ONNX model to quantize (its export failed)")
+                path = quantize_onnx_int8(onnx_fp32, folder / "model.onnx", batches)
+                deployed = OrtModel(path, threads)
+        except QuantizeError as error:  # stays in the leaderboard as its fp32 source, flagged
+            kept = {k: v for k, v in source.items() if k != "stage"}
+            flagged = {**kept, "candidate": name, **info, "flagged": f"{runtime} failed, fp32 kept: {error}"}
+            run.write_metrics(f"deploy/{name}", flagged, params)
+            records.append(flagged)
+            continue
+        record = assess_candidate(name, deployed, spec, data, threads=threads, baseline=baseline,
+                                  latency_runs=latency_runs)
+        record.update(info, **agreement(model, deployed, check), flagged=None, macs=source["macs"],
+                      params=source["params"], f1_change=record["f1_test"] - source["f1_test"])
+        if runtime.startswith("onnx"):
+            onnx_path = folder / "model.onnx"
+            record["size_bytes"] = onnx_path.stat().st_size
+            card = model_card(spec, {"runtime": f"onnxruntime CPU, {runtime[5:]}", "source": label,
+                                     "f1_test": record["f1_test"], "latency_b1_ms": record["latency_b1_ms"]})
+            write_model_card(folder / "model_card.json", card, onnx_path)
+        else:
+            record["size_bytes"] = None  # the lowered PT2E graph lives in memory; the ONNX int8 file is the artifact
+        run.write_metrics(f"deploy/{name}", record, params)
+        models[runtime] = deployed
+        records.append(record)
+    return models, records

@@ -121,6 +121,25 @@ def test_runner_executes_in_order_resumes_and_renders_offline_html(tmp_path):
     assert [r.status for r in s.results] == ["ran", "ran"]
     s = run_workbook("p", "synthetic", "r1", overrides={"rate": 0.75}, force=True, log=lines.append, **kwargs)
     assert [r.status for r in s.results] == ["ran", "ran"]
+    # a deleted or edited output makes its notebook stale; identical outputs again leave the next one current
+    (run_dir / "headlines" / "00_first.json").unlink()
+    s = run_workbook("p", "synthetic", "r1", overrides={"rate": 0.75}, log=lines.append, **kwargs)
+    assert [r.status for r in s.results] == ["ran", "up to date"]
+    assert any("00_first: running (output headlines/00_first.json is missing or changed)" in line for line in lines)
+    (run_dir / "headlines" / "01_second.json").write_text("{}")
+    s = run_workbook("p", "synthetic", "r1", overrides={"rate": 0.75}, log=lines.append, **kwargs)
+    assert [r.status for r in s.results] == ["up to date", "ran"]
+    # the input data is part of the stamp: a changed source file reruns everything
+    data_dir = tmp_path / "photos"
+    data_dir.mkdir()
+    (data_dir / "a.jpg").write_bytes(b"1")
+    s = run_workbook("p", str(data_dir), "r3", log=lines.append, **kwargs)
+    assert [r.status for r in s.results] == ["ran", "ran"]
+    assert [r.status for r in run_workbook("p", str(data_dir), "r3", log=lines.append, **kwargs).results] == \
+        ["up to date", "up to date"]
+    (data_dir / "a.jpg").write_bytes(b"22")
+    s = run_workbook("p", str(data_dir), "r3", log=lines.append, **kwargs)
+    assert [r.status for r in s.results] == ["ran", "ran"]
     # a failing notebook stops the run, names itself, and still gets a report
     s = run_workbook("p", "synthetic", "r2", overrides={"steps": 0}, log=lines.append, **kwargs)
     assert not s.ok and s.results[0].status == "failed" and "steps must be positive" in s.results[0].error

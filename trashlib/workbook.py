@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from trashlib.data import PrepareConfig, PreparedData, load_prepared, prepare_dataset
-from trashlib.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from trashlib.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -80,7 +80,8 @@ def environment() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "trashlib"):
+    for pkg in ("torch", "torchvision", "torchao", "torch-pruning", "tensorly", "onnx", "onnxruntime", "optuna",
+                "numpy", "pillow", "scikit-learn", "trashlib"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -224,6 +225,52 @@ def _stamp(nb: Path, params: dict[str, Any], previous: str) -> str:
     return h.hexdigest()
 
 
+def data_fingerprint(data: str) -> str:
+    """What the input data looks like without reading it: every file's relative path, size and mtime
+    (sha256 over the list), so an edited, added or removed source photo makes the run stale."""
+    if data == SYNTHETIC:
+        return SYNTHETIC
+    root = Path(data)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = path.stat()
+        h.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _file_times(run_dir: Path) -> dict[str, int]:
+    """mtime (ns) of every file in the run directory except the executed notebooks, stamps and params.yaml."""
+    times = {}
+    for path in run_dir.rglob("*"):
+        rel = path.relative_to(run_dir).as_posix()
+        if path.is_file() and not rel.startswith("notebooks/") and rel != "params.yaml":
+            times[rel] = path.stat().st_mtime_ns
+    return times
+
+
+def _outputs_since(run_dir: Path, before: dict[str, int]) -> dict[str, str]:
+    """sha256 of every file a notebook wrote: new since ``before`` (``_file_times``) or with a newer mtime."""
+    return {rel: sha256_file(run_dir / rel) for rel, mtime in sorted(_file_times(run_dir).items())
+            if before.get(rel) != mtime}
+
+
+def _up_to_date(stamp_file: Path, stamp: str, run_dir: Path) -> tuple[bool, str]:
+    """Whether a notebook's stamp matches and every output it recorded is still there, unchanged."""
+    if not stamp_file.is_file():
+        return False, "never ran"
+    try:
+        record = json.loads(stamp_file.read_text())
+    except ValueError:
+        return False, "unreadable stamp"
+    if not isinstance(record, dict) or record.get("stamp") != stamp:
+        return False, "parameters, notebook, data or an earlier notebook changed"
+    for rel, digest in record.get("outputs", {}).items():
+        path = run_dir / rel
+        if not path.is_file() or sha256_file(path) != digest:
+            return False, f"output {rel} is missing or changed"
+    return True, ""
+
+
 PUBLISHED: tuple[str, ...] = ("leaderboard.csv", "winner/model.onnx", "winner/model_card.json")
 
 
@@ -269,25 +316,27 @@ def run_workbook(profile: str, data: str, name: str, overrides: dict[str, Any] |
         {"profile": profile, "data": data_arg, "overrides": overrides or {}, "notebooks": per_nb}, sort_keys=True))
 
     summary = RunSummary(name, profile, data_arg, str(run_dir), str(report_dir))
-    previous = ""
+    previous = data_fingerprint(data_arg)
     for i, nb in enumerate(notebooks, 1):
+        out_nb = run_dir / "notebooks" / nb.name
+        stamp_file = run_dir / "notebooks" / f".{nb.stem}.stamp"
         if only and nb.stem not in only and nb.stem[:2] not in only:
+            previous = stamp_file.read_text() if stamp_file.is_file() else previous
             continue
         params = {**per_nb[nb.stem], "run_dir": str(run_dir), "data": data_arg}
         params = {k: v for k, v in params.items() if k in notebook_parameters(nb)}
-        out_nb = run_dir / "notebooks" / nb.name
-        stamp_file = run_dir / "notebooks" / f".{nb.stem}.stamp"
         stamp = _stamp(nb, params, previous)
-        previous = stamp
         html = report_dir / f"{nb.stem}.html"
-        if not force and out_nb.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        current, why = _up_to_date(stamp_file, stamp, run_dir)
+        if not force and out_nb.is_file() and current:
+            previous = stamp_file.read_text()
             log(f"[{i}/{len(notebooks)}] {nb.stem}: up to date, skipped")
             summary.results.append(NotebookResult(nb.stem, "up to date", 0.0, html.name))
             if not html.is_file():
                 render_html(out_nb, html)
             continue
-        log(f"[{i}/{len(notebooks)}] {nb.stem}: running ...")
-        t0 = time.perf_counter()
+        log(f"[{i}/{len(notebooks)}] {nb.stem}: running ({'--force' if force else why}) ...")
+        t0, before = time.perf_counter(), _file_times(run_dir)
         stamp_file.unlink(missing_ok=True)
         try:
             papermill.execute_notebook(str(nb), str(out_nb), parameters=params, cwd=str(nb.parent),
@@ -302,7 +351,9 @@ def run_workbook(profile: str, data: str, name: str, overrides: dict[str, Any] |
             log(f"[{i}/{len(notebooks)}] {nb.stem}: FAILED after {seconds:.1f} s: {msg[:300]}")
             break
         seconds = time.perf_counter() - t0
-        atomic_write_text(stamp_file, stamp)
+        record = json.dumps({"stamp": stamp, "outputs": _outputs_since(run_dir, before)}, sort_keys=True)
+        atomic_write_text(stamp_file, record)
+        previous = record  # later notebooks are stale when this one's outputs change
         render_html(out_nb, html)
         summary.results.append(NotebookResult(nb.stem, "ran", seconds, html.name))
         log(f"[{i}/{len(notebooks)}] {nb.stem}: done in {seconds:.1f} s -> {html}")

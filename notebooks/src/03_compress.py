@@ -12,6 +12,7 @@
 # %% [parameters]
 run_dir = "../runs/scratch"
 data = "synthetic"
+sources = ["baseline", "searched"]  # models to compress, when in the run: "baseline", "searched", "teacher"
 prune_ratios = [0.5]
 importance = "magnitude"  # "magnitude" (L2), "taylor" (|w x grad| on a training batch) or "bn" (BatchNorm scale)
 global_pruning = False
@@ -46,21 +47,22 @@ from trashlib.workbook import open_run
 
 run = open_run(run_dir)
 dataset = run.prepared(data)
-params = dict(prune_ratios=prune_ratios, importance=importance, global_pruning=global_pruning,
+params = dict(sources=sources, prune_ratios=prune_ratios, importance=importance, global_pruning=global_pruning,
               iterative_steps=iterative_steps, rank_rule=rank_rule, energy=energy, min_speedup=min_speedup,
               max_error=max_error, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
               distill_temperature=distill_temperature, distill_alpha=distill_alpha, teacher=teacher, batch_size=batch_size, seed=seed, threads=threads)
 base_model, base_spec, baseline = baseline_or_standin(run, dataset, standin_epochs, seed=seed, threads=threads)
-sources = {"baseline": (base_model, base_spec)}
-searched = load_candidate(run, "search", "searched")
-if searched:
-    sources["searched"] = searched[:2]
-saved_teacher = load_candidate(run, "baseline", "teacher") if teacher == "auto" else None
+saved = {"baseline": (base_model, base_spec, baseline), "searched": load_candidate(run, "search", "searched"),
+         "teacher": load_candidate(run, "baseline", "teacher")}
+unknown = set(sources) - set(saved)
+assert not unknown, f"sources: unknown {sorted(unknown)}; choose from {sorted(saved)}"
+to_compress = {name: saved[name][:2] for name in ["baseline", *sources] if saved[name]}
+saved_teacher = saved["teacher"] if teacher == "auto" else None
 teacher_model, teacher_spec = (saved_teacher[:2] if saved_teacher else (base_model, base_spec)
                                if teacher != "none" else (None, None))
 teacher_said = ("none" if teacher_spec is None else "EfficientNet-Lite0 of notebook 01" if saved_teacher
                 else "the baseline")
-print("sources:", ", ".join(f"{k} ({spec['name']} at {spec['image_size']} px)" for k, (_, spec) in sources.items()),
+print("sources:", ", ".join(f"{k} ({spec['name']} at {spec['image_size']} px)" for k, (_, spec) in to_compress.items()),
       "| teacher:", teacher_said)
 
 # %% [markdown]
@@ -100,7 +102,7 @@ display(scan_table[scan_table["speedup"].notna()].sort_values("speedup", ascendi
 # compression costs apart from what the extra epochs of distillation gain.
 
 # %%
-variants = build_variants(sources, prune_ratios, kept_ranks(layer_scan), importance, global_pruning,
+variants = build_variants(to_compress, prune_ratios, kept_ranks(layer_scan), importance, global_pruning,
                           iterative_steps, calibration)
 display(pd.DataFrame({label: {"source": info["source"], "technique": info["technique"],
                               "params": sum(p.numel() for p in model.parameters())}
@@ -130,7 +132,7 @@ run.write_metrics("compress", {"layer_scan": scan}, params)
 
 # %%
 speed = {}
-for source, (model, spec) in sources.items():
+for source, (model, spec) in to_compress.items():
     group = {source: (model, spec["image_size"]), **{k: (v[0], v[1]["image_size"]) for k, v in variants.items()
                                                       if v[2]["source"] == source}}
     for batch in (1, 32):
@@ -146,8 +148,8 @@ for source, (model, spec) in sources.items():
 # baseline of notebook 01, empty for a stand-in).
 
 # %%
-source_f1 = {"baseline": baseline["f1_test"] if baseline else None,
-             "searched": searched[2]["f1_test"] if searched else None}
+source_f1 = {name: record["f1_test"] if record else None for name, (_, _, record) in
+             ((k, saved[k]) for k in to_compress)}
 table = pd.DataFrame({label: {"technique": r["technique"], "params": r["params"], "macs": r["macs"],
                               "b1_ms": speed[label]["b1_ms"], "speedup_b1": speed[label]["speedup_b1"],
                               "b32_ms": speed[label]["b32_ms"], "speedup_b32": speed[label]["speedup_b32"],
@@ -171,7 +173,7 @@ print("wrote", *[run.path("compress", k, "model.pt") for k in records], run.path
 chance = 1 / len(dataset.classes)
 assert max(r["f1_test"] for r in records.values()) > chance, "no compressed variant is above chance"
 for label, r in records.items():
-    source_model = sources[r["source"]][0]
+    source_model = to_compress[r["source"]][0]
     assert r["reload_max_diff"] < 1e-4, f"{label} gives other outputs after reloading: {r['reload_max_diff']}"
     assert r["submit_agrees_with_cache"], f"{label}: predictions from the files on disk differ from the cache"
     if r["technique"] == "none":

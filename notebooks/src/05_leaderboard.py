@@ -17,6 +17,7 @@ from IPython.display import display
 
 from trashlib import report
 from trashlib.candidate import STAGES, leaderboard, list_candidates, pareto_front, ship_winner
+from trashlib.files import atomic_write_text
 from trashlib.workbook import open_run
 
 run = open_run(run_dir)
@@ -60,7 +61,7 @@ row = board.loc[winner["candidate"]]
 print(f"winner: {winner['candidate']} ({row['model']}, {row['runtime']}): test macro-F1 {row['f1_test']:.3f} "
       f"(public {row['f1_public']:.3f}, private {row['f1_private']:.3f}), {row['latency_b1_ms']:.2f} ms at batch 1, "
       f"submit {row['submit_s']:.2f} s, {rank_by} {row[rank_by]:.4f}")
-board.to_csv(run.path("leaderboard.csv"))
+atomic_write_text(run.path("leaderboard.csv"), board.to_csv())
 run.headline("05_leaderboard", {"candidates": len(board), "winner": winner["candidate"],
                                 "winner_f1": round(float(row["f1_test"]), 4),
                                 "winner_latency_ms": round(float(row["latency_b1_ms"]), 3),

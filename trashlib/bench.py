@@ -73,7 +73,7 @@ def latency_for_model(
     _check_count("threads", threads, minimum=1)
     x = _example_input(model, batch_size, image_size)
     model.eval()
-    with _torch_threads(threads), torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         result = measure_latency(lambda: model(x), warmup=warmup, runs=runs,
                                  min_seconds=min_seconds)
     return {**result, "image_size": image_size, "batch_size": batch_size, "threads": threads,
@@ -124,7 +124,7 @@ def compare_models(
     """``compare_latency`` for models, each fed a random batch at its own input size, in eval mode
     under ``torch.inference_mode()`` with ``threads`` threads; ratios are against the first model."""
     inputs = {name: _example_input(model.eval(), batch_size, size) for name, (model, size) in models.items()}
-    with _torch_threads(threads), torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         return compare_latency({name: (lambda m=model, x=inputs[name]: m(x)) for name, (model, _) in models.items()},
                                rounds=rounds, runs_per_round=runs_per_round, warmup=3)
 
@@ -139,7 +139,7 @@ def runtime_table(
     first one (the reference), and against its physical floor: ``models`` maps a name to (model, input
     size, MACs, "fp32" or "int8"); the floor is MACs over this CPU's measured peak GEMM rate of that
     precision with ``threads`` threads."""
-    with _torch_threads(threads):
+    with torch_threads(threads):
         peaks = {"fp32": peak_gemm_gflops(), "int8": peak_int8_gops()}
     rows = {name: {"variant": name, "precision": precision, "macs": macs, "image_size": size,
                    "peak_gops": peaks[precision], "floor_b1_ms": floor_ms(macs, peaks[precision])}
@@ -304,7 +304,7 @@ def original_loop_submit_time(model: nn.Module, spec: dict[str, Any], data: Any,
                                     transforms.Normalize(spec["mean"], spec["std"])])
     model.eval()
     predictions = []
-    with _torch_threads(threads), torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         started = time.perf_counter()
         for row in data.split_rows(split):
             image = Image.fromarray(load_crop(root, row, side, fit))
@@ -339,7 +339,8 @@ def _example_input(model: nn.Module, batch_size: int, image_size: int) -> torch.
 
 
 @contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, then restore the previous number."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -396,7 +397,7 @@ def profile_model(
             x = preprocess(batch, image_size, normalization["mean"], normalization["std"])
             return model(x).argmax(1).numpy()
 
-    with _torch_threads(threads):
+    with torch_threads(threads):
         submit = measure_submit_time(predict_batch, rows, lambda r: load_crop(root, r, side, fit))
     return {
         "latency_b1": latency_for_model(model, image_size, 1, threads, runs=runs),

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trashlib.bench import _torch_threads, compare_latency, count_macs, count_params
+from trashlib.bench import torch_threads, compare_latency, count_macs, count_params
 from trashlib.models import Factorized, describe_structure
 
 RANK_RULES: tuple[str, ...] = ("vbmf", "energy")
@@ -223,7 +223,7 @@ def scan_decomposition(model: nn.Module, image_size: int, rule: str = "vbmf", en
     inputs = _layer_inputs(model, x0, names)
     modules = dict(model.named_modules())
     result = []
-    with _torch_threads(threads), torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         for name in names:
             conv, kind, x = modules[name], kinds[name], inputs[name]
             y = conv(x)

@@ -24,6 +24,7 @@ seed = 0
 threads = 2
 latency_runs = 10
 study_name = "search"
+storage_url = ""  # "" keeps the study in the run's journal file; or a database URL shared with tune-worker processes
 
 # %%
 import pandas as pd
@@ -44,11 +45,13 @@ dataset = run.prepared(data)
 train, val = dataset.split("train"), dataset.split("val")
 params = dict(mode=mode, n_trials=n_trials, trial_epochs=trial_epochs, final_epochs=final_epochs,
               image_sizes=image_sizes, width_mults=width_mults, layers_max=layers_max, batch_size=batch_size,
-              target_ms=target_ms, seed=seed, threads=threads, latency_runs=latency_runs, study_name=study_name)
+              target_ms=target_ms, seed=seed, threads=threads, latency_runs=latency_runs, study_name=study_name,
+              storage_url=storage_url)
 space = SearchSpace(image_sizes=image_sizes, width_mults=width_mults, layers_max=layers_max)
 settings = SearchSettings(space=space, mode=mode, epochs=trial_epochs, batch_size=batch_size, threads=threads,
                           target_ms=target_ms, latency_runs=latency_runs, train_seed=seed)
-storage, study_key = journal_path(run.run_dir), settings_study_name(study_name, settings)
+storage = storage_url or journal_path(run.run_dir)
+study_key = study_name if storage_url else settings_study_name(study_name, settings)
 saved = load_candidate(run, "baseline", "baseline")
 baseline = saved[2] if saved else None
 ref_f1, ref_ms = (baseline["f1_test"], baseline["latency_b1_ms"]) if baseline else (None, None)
@@ -68,10 +71,12 @@ print(f"{len(train[1])} train / {len(val[1])} val crops, classes {dataset.classe
 # `n_trials` (`max_trials=n_trials`; nothing runs when they are all there); a rerun with another space or mode
 # gets a study of its own beside the old one instead of an error. The sampler is seeded with `seed` plus the
 # number of trials already stored, so a resumed study does not draw its first trials again. To search with
-# several machines against one database, see "Distributed search" in the README.
+# several machines against one database, see "Distributed search" in the README; with `storage_url` set, this
+# notebook joins that study (created by `tune-create`, with the settings stored there), runs trials with the
+# workers until the study holds `n_trials`, and analyses them all.
 
 # %%
-study, _ = open_search(storage, study_key, settings)
+study, settings = open_search(storage, study_key, None if storage_url else settings)  # a shared study keeps its own
 before = len(study.trials)
 study = run_search(storage, study_key, SearchData.from_prepared(dataset), settings, n_trials=n_trials,
                    max_trials=n_trials, seed=seed + before)
@@ -178,7 +183,7 @@ run.headline("02_search", {"trials": len(trials), "complete": len(complete), "pa
                            "searched_latency_ms": round(searched["latency_b1_ms"], 3),
                            "searched_params": searched["params"], "searched_macs": searched["macs"],
                            **({"searched_score_relative": round(searched["score_relative"], 4)} if baseline else {})})
-written = [storage, run.path("search", "chosen.json"), run.path("search", "chosen.yaml"),
+written = [*([] if storage_url else [storage]), run.path("search", "chosen.json"), run.path("search", "chosen.yaml"),
            run.path("search", "searched", "model.pt"), run.path("search", "searched", "metrics.json")]
 print("wrote", *written, sep="\n  ")
 

@@ -189,3 +189,18 @@ def test_deploy_writes_three_runtimes_and_flags_a_failure_as_fp32(tiny, tmp_path
         pick_for_deployment(list_candidates(run), 1, ["compress/missing"])
     with pytest.raises(ValueError, match="rank_by"):
         leaderboard(list_candidates(run), "accuracy")
+
+
+def test_quantization_aware_training_gives_a_runnable_int8_model_and_leaves_the_source(small, tiny):
+    from trashlib.quantize import quantization_aware_training
+    from trashlib.train import distillation_config
+
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    config = distillation_config(SPEC, None, epochs=1, lr=1e-4, batch_size=16, threads=1)
+    model = quantization_aware_training(small, SPEC, tiny.split("train"), tiny.split("val"), config)
+    assert isinstance(model, ChunkedGraph)
+    with torch.inference_mode():
+        assert model(torch.randn(3, 3, SIZE, SIZE)).shape == (3, 6)
+    assert all(torch.equal(before[k], v) for k, v in small.state_dict().items())
+    with pytest.raises(QuantizeError, match="quantization-aware training"):
+        quantization_aware_training(DataDependent(), SPEC, tiny.split("train"), tiny.split("val"), config)

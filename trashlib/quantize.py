@@ -85,6 +85,43 @@ def quantize_pt2e(model: nn.Module, spec: dict[str, Any], batches: Sequence[torc
     return ChunkedGraph(single, chunked).eval()
 
 
+def quantization_aware_training(model: nn.Module, spec: dict[str, Any], train: tuple[np.ndarray, np.ndarray],
+                                val: tuple[np.ndarray, np.ndarray], config: Any) -> nn.Module:
+    """For a model that loses too much F1 under post-training int8: PT2E quantization-aware training
+    (``prepare_qat_pt2e`` with the x86 QAT config, fake-quantized fine-tuning with ``train_model`` and
+    ``config``), then ``convert_pt2e`` and the x86 lowering. The input model is not changed."""
+    import copy
+
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+
+    from trashlib.train import train_model
+
+    size = spec["image_size"]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            exported = torch.export.export(copy.deepcopy(model).train(), (torch.zeros(2, 3, size, size),),
+                                           dynamic_shapes=({0: batch},)).module()
+            quantizer = X86InductorQuantizer()
+            quantizer.set_global(get_default_x86_inductor_quantization_config(is_qat=True))
+            prepared = allow_exported_model_train_eval(prepare_qat_pt2e(exported, quantizer))
+        except Exception as error:  # torch.export raises many types on unsupported graphs
+            raise QuantizeError(f"{spec.get('name', 'model')} cannot be prepared for quantization-aware training: "
+                                f"{type(error).__name__}: {_first_line(error)}") from error
+        trained = train_model(prepared, train, val, config, progress=False).model
+        trained.eval()
+        with torch.no_grad():
+            converted = convert_pt2e(trained)
+            single = lower_pt2e_quantized_to_x86(converted, (torch.zeros(1, 3, size, size),))
+            chunked = lower_pt2e_quantized_to_x86(converted, (torch.zeros(CHUNK, 3, size, size),))
+    return ChunkedGraph(single, chunked).eval()
+
+
 def quantize_fx(model: nn.Module, spec: dict[str, Any], batches: Sequence[torch.Tensor]) -> nn.Module:
     """The fallback: FX graph mode post-training static int8 (``torch.ao.quantization.quantize_fx``, x86)."""
     from torch.ao.quantization import get_default_qconfig_mapping
@@ -300,13 +337,15 @@ RUNTIMES: tuple[str, ...] = ("pt2e-int8", "onnx-fp32", "onnx-int8")
 def deploy_candidate(run: Any, label: str, model: nn.Module, spec: dict[str, Any], source: dict[str, Any],
                      data: Any, params: dict[str, Any], baseline: dict[str, Any] | None = None,
                      threads: int = 2, latency_runs: int = 50, calibration_images: int = 256,
+                     qat_epochs: int = 0, qat_max_drop: float = 0.02,
                      ) -> tuple[dict[str, nn.Module], list[dict[str, Any]]]:
     """PT2E int8 (FX fallback) in torch, ONNX fp32 and ONNX int8 (QDQ) in onnxruntime, each assessed like
     every candidate (test F1, latency, throughput, submit time, scores) and checked against the fp32 source
     (top-1 agreement, largest logit difference). ONNX variants are written to ``deploy/<label>-<runtime>/``
     (``model.onnx``, ``model_card.json``, ``metrics.json``). A runtime that fails gets a record with
-    ``flagged`` (the reason) and no model; the fp32 source stays the candidate for it.
-    Returns the runtime models by name and their records.
+    ``flagged`` (the reason) and no model; the fp32 source stays the candidate for it. With ``qat_epochs``,
+    a PT2E int8 model that loses more than ``qat_max_drop`` test macro-F1 is redone with quantization-aware
+    training (``<label>-qat-int8``). Returns the runtime models by name and their records.
     """
     from trashlib.candidate import assess_candidate
 
@@ -355,4 +394,25 @@ def deploy_candidate(run: Any, label: str, model: nn.Module, spec: dict[str, Any
         run.write_metrics(f"deploy/{name}", record, params)
         models[runtime] = deployed
         records.append(record)
+        if runtime == "pt2e-int8" and qat_epochs > 0 and record["f1_change"] < -qat_max_drop:
+            models["qat-int8"], qat_record = _qat_candidate(run, label, model, spec, source, data, params, baseline,
+                                                           threads, latency_runs, qat_epochs, batches)
+            records.append(qat_record)
     return models, records
+
+
+def _qat_candidate(run: Any, label: str, model: nn.Module, spec: dict[str, Any], source: dict[str, Any], data: Any,
+                   params: dict[str, Any], baseline: dict[str, Any] | None, threads: int, latency_runs: int,
+                   epochs: int, batches: Sequence[torch.Tensor]) -> tuple[nn.Module, dict[str, Any]]:
+    from trashlib.candidate import assess_candidate
+    from trashlib.train import distillation_config
+
+    config = distillation_config(spec, None, epochs, lr=1e-4, threads=threads)
+    qat = quantization_aware_training(model, spec, data.split("train"), data.split("val"), config)
+    name = f"{label}-qat-int8"
+    record = assess_candidate(name, qat, spec, data, threads=threads, baseline=baseline, latency_runs=latency_runs)
+    record.update(source=label, source_stage=source.get("stage"), runtime="qat-int8", method="pt2e-x86-qat",
+                  **agreement(model, qat, batches), flagged=None, macs=source["macs"], params=source["params"],
+                  f1_change=record["f1_test"] - source["f1_test"], size_bytes=None, qat_epochs=epochs)
+    run.write_metrics(f"deploy/{name}", record, params)
+    return qat, record

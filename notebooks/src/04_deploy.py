@@ -15,6 +15,8 @@ top_n = 1  # candidates deployed besides the baseline: the lowest published scor
 candidates = []  # or explicit "stage/candidate" names, e.g. ["compress/baseline-pruned50"]
 calibration_images = 64
 with_compile = False  # also time torch.compile (about a minute of compilation per model on 2 cores)
+qat_epochs = 0  # > 0: a PT2E int8 model losing more than qat_max_drop test F1 is redone with quantization-aware training
+qat_max_drop = 0.02
 seed = 0
 threads = 2
 latency_runs = 10
@@ -37,6 +39,7 @@ from trashlib.workbook import open_run
 run = open_run(run_dir)
 dataset = run.prepared(data)
 params = dict(top_n=top_n, candidates=candidates, calibration_images=calibration_images, with_compile=with_compile,
+              qat_epochs=qat_epochs, qat_max_drop=qat_max_drop,
               seed=seed, threads=threads, latency_runs=latency_runs, compare_rounds=compare_rounds)
 records = list_candidates(run, ("baseline", "search", "compress"))
 if not any(r["candidate"] == "baseline" for r in records):
@@ -54,7 +57,9 @@ print("deploying:", ", ".join(f"{r['stage']}/{r['candidate']}" for r in chosen))
 # (FX graph mode where `torch.export` fails), a single-file ONNX export checked by onnx's checker and against
 # torch's logits, and ONNX Runtime static int8 (QDQ, per-channel weights). Each runtime is assessed like every
 # other candidate and checked against its fp32 source: top-1 agreement and the largest logit difference on
-# validation crops. A runtime that fails is flagged and the candidate stays in the leaderboard as fp32.
+# validation crops. A runtime that fails is flagged and the candidate stays in the leaderboard as fp32. With
+# `qat_epochs` > 0, a PT2E int8 model that loses more than `qat_max_drop` test macro-F1 is redone with
+# quantization-aware training (fake-quantized fine-tuning; slow on CPU, so off by default).
 
 # %%
 seed_everything(seed)
@@ -65,7 +70,7 @@ for source in chosen:
     sources[source["candidate"]] = (model, spec, source)
     deployed[source["candidate"]], records_ = deploy_candidate(run, source["candidate"], model, spec, source,
                                                                dataset, params, None, threads, latency_runs,
-                                                               calibration_images)
+                                                               calibration_images, qat_epochs, qat_max_drop)
     deploy_records += records_
 checks = pd.DataFrame(deploy_records).set_index("candidate")
 display(checks[[c for c in ("runtime", "method", "top1_agreement", "max_abs_diff", "f1_test", "f1_change",

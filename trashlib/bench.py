@@ -258,17 +258,9 @@ def measure_submit_time(
 def peak_gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
     """Measured fp32 matrix-multiply rate with the current torch threads: 2 n^3 / median time."""
     _check_count("n", n, minimum=1)
-    _check_count("repeats", repeats, minimum=1)
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=generator)
-    b = torch.randn(n, n, generator=generator)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2.0 * n**3 / statistics.median(times) / 1e9
+    a, b = torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator)
+    return _gemm_rate(torch.mm, a, b, repeats)
 
 
 def peak_int8_gops(n: int = 1024, repeats: int = 5) -> float:
@@ -276,15 +268,21 @@ def peak_int8_gops(n: int = 1024, repeats: int = 5) -> float:
     threads: 2 n^3 / median time, in GOP/s."""
     _check_count("n", n, minimum=32)
     generator = torch.Generator().manual_seed(0)
-    a = torch.randint(-128, 127, (n, n), generator=generator, dtype=torch.int8)
-    b = torch.randint(-128, 127, (n, n), generator=generator, dtype=torch.int8)
-    torch._int_mm(a, b)
+    a, b = (torch.randint(-128, 127, (n, n), generator=generator, dtype=torch.int8) for _ in range(2))
+    return _gemm_rate(torch._int_mm, a, b, repeats)
+
+
+def _gemm_rate(mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torch.Tensor, b: torch.Tensor,
+               repeats: int) -> float:
+    """2 n^3 operations over the median time of ``mm(a, b)`` (after one warm-up call), in G/s."""
+    _check_count("repeats", repeats, minimum=1)
+    mm(a, b)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        torch._int_mm(a, b)
+        mm(a, b)
         times.append(time.perf_counter() - t0)
-    return 2.0 * n**3 / statistics.median(times) / 1e9
+    return 2.0 * a.shape[0] ** 3 / statistics.median(times) / 1e9
 
 
 def original_loop_submit_time(model: nn.Module, spec: dict[str, Any], data: Any, split: str = "test",

@@ -330,3 +330,44 @@ def plot_candidates(records: list[dict[str, Any]], x: str = "latency_b1_ms", y: 
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- published results (README)
+
+RESULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("candidate", "candidate", "{}"), ("runtime", "runtime", "{}"), ("f1_test", "F1 test", "{:.3f}"),
+    ("f1_public", "F1 public", "{:.3f}"), ("f1_private", "F1 private", "{:.3f}"),
+    ("latency_b1_ms", "b1 ms", "{:.2f}"), ("submit_s", "submit s", "{:.2f}"), ("params", "params", "{:,}"),
+    ("macs", "MACs", "{:,}"), ("size_bytes", "size", "{}"), ("score_published", "score (published)", "{:.4f}"),
+    ("score_relative", "score (relative)", "{:.4f}"),
+)
+
+
+def results_markdown(doc: dict[str, Any]) -> str:
+    """The README table of one published run (``benchmarks/published/<name>.json``), rows in leaderboard order."""
+    def cell(value: Any, fmt: str) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return "-"
+        if fmt == "{}" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"{value / 1e6:.1f} MB" if value >= 1e5 else str(value)
+        return fmt.format(value)
+
+    header = "| " + " | ".join(title for _, title, _ in RESULT_COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in RESULT_COLUMNS) + "|"
+    rows = ["| " + " | ".join(cell(row.get(key), fmt) for key, _, fmt in RESULT_COLUMNS) + " |"
+            for row in doc["rows"]]
+    lines = [f"Data `{doc['data']}`, profile `{doc['profile']}`; winner **{doc['winner']}**. "
+             f"Reproduce: `{doc['command']}`. Machine: {doc['machine']}; torch {doc['versions'].get('torch')}, "
+             f"onnxruntime {doc['versions'].get('onnxruntime')}, torchao {doc['versions'].get('torchao')}.", "",
+             header, rule, *rows]
+    return "\n".join(lines)
+
+
+def replace_marked_block(text: str, name: str, block: str) -> str:
+    """``text`` with the lines between ``<!-- results:NAME start -->`` and ``<!-- results:NAME end -->`` replaced."""
+    start, end = f"<!-- results:{name} start -->", f"<!-- results:{name} end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"no {start} ... {end} block in the text")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block}\n{end}{tail}"

@@ -47,6 +47,7 @@ if not any(r["candidate"] == "baseline" for r in records):
     records.append({"stage": "baseline", **assess_candidate("baseline", model, spec, dataset, threads=threads,
                                                             latency_runs=latency_runs)})
 chosen = pick_for_deployment(records, top_n, candidates)
+baseline = next(r for r in records if r["stage"] == "baseline" and r["candidate"] == "baseline")
 display(pd.DataFrame(records).set_index("candidate")[["stage", "model", "f1_test", "latency_b1_ms", "submit_s",
                                                        "score_published"]].sort_values("score_published").round(4))
 print("deploying:", ", ".join(f"{r['stage']}/{r['candidate']}" for r in chosen))
@@ -69,7 +70,7 @@ for source in chosen:
                    baseline_or_standin(run, dataset, standin_epochs, seed=seed, threads=threads))[:2]
     sources[source["candidate"]] = (model, spec, source)
     deployed[source["candidate"]], records_ = deploy_candidate(run, source["candidate"], model, spec, source,
-                                                               dataset, params, None, threads, latency_runs,
+                                                               dataset, params, baseline, threads, latency_runs,
                                                                calibration_images, qat_epochs, qat_max_drop)
     deploy_records += records_
 checks = pd.DataFrame(deploy_records).set_index("candidate")

@@ -1,0 +1,77 @@
+"""Copy a finished run's leaderboard into the README (a table between markers) and a small Pareto PNG.
+
+    .venv/bin/python benchmarks/publish_results.py --run runs/trashnet --command "python -m trashlib run ..."
+
+Writes benchmarks/published/<run>.json (the rows, winner, machine and versions) and <run>-pareto.png, and
+replaces the README block `<!-- results:<run> start -->` ... `<!-- results:<run> end -->` with the table
+rendered from that JSON; tests/test_readme.py checks the README still matches the JSON. Numbers are never typed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+from pathlib import Path
+
+import yaml
+
+from trashlib import report
+from trashlib.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+
+KEEP = ("candidate", "stage", "model", "runtime", "image_size", "f1_test", "f1_public", "f1_private",
+        "latency_b1_ms", "submit_s", "params", "macs", "size_bytes", "score_published", "score_relative",
+        "deployable", "flagged")
+
+
+def _value(text: str):
+    if text in ("", "None", "nan"):
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() and "." not in text and "e" not in text else number
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--command", required=True, help="the command that reproduces the run")
+    parser.add_argument("--readme", default="README.md")
+    args = parser.parse_args()
+    run_dir = Path(args.run)
+    name = run_dir.name
+    with open(run_dir / "leaderboard.csv", newline="") as fh:
+        rows = [{k: _value(v) for k, v in row.items() if k in KEEP} for row in csv.DictReader(fh)]
+    params_file = run_dir / "params.yaml"  # absent where the notebooks ran alone (nbval)
+    params = (yaml.safe_load(params_file.read_text()) if params_file.is_file()
+              else {"data": "synthetic", "profile": "(the notebooks' own defaults)"})
+    baseline = read_json(run_dir / "baseline" / "baseline" / "metrics.json")
+    machine = baseline["metrics"]["machine"]
+    winner = next(r["candidate"] for r in rows if r.get("deployable"))
+    doc = {"run": name, "data": Path(params["data"]).name, "profile": params["profile"], "command": args.command,
+           "winner": winner, "rows": rows,
+           "versions": {**{k: machine[k] for k in ("torch", "torchvision", "onnxruntime") if k in machine},
+                        **baseline["environment"]},
+           "machine": f"{machine.get('cpu_model', '?')}, {machine.get('logical_cores', '?')} logical cores, "
+                      f"{machine.get('torch_threads', '?')} torch threads"}
+    out = Path("benchmarks/published")
+    atomic_write_json(out / f"{name}.json", doc)
+    fig = report.plot_candidates([r for r in rows if r["latency_b1_ms"] and not math.isnan(r["f1_test"])],
+                                 title=f"{doc['data']}: test macro-F1 against batch-1 latency")
+    fig.set_size_inches(7, 4.2)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=72)
+    atomic_write_bytes(out / f"{name}-pareto.png", buffer.getvalue())
+    readme = Path(args.readme)
+    atomic_write_text(readme, report.replace_marked_block(readme.read_text(), name, report.results_markdown(doc)))
+    print(report.results_markdown(doc))
+    print(f"wrote {out / f'{name}.json'}, {out / f'{name}-pareto.png'} and the {name} block of {readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -179,3 +179,27 @@ def test_eda_notebook_on_real_data(tmp_path, source, crops, classes):
     head = yaml.safe_load((tmp_path / "run" / "headlines" / "00_eda.json").read_text())
     assert head["crops"] == crops and head["classes"] == classes and head["skipped"] == 0
     assert head["train"] > head["val"] > 0 and head["test"] > 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"prune_ratios": [0.5, 1.0]}, "1.0 is outside (0, 1)"),
+    ({"epochs": 0}, "0 is outside [1, inf)"),
+    ({"image_size": 100}, "must be a multiple of 32"),
+    ({"image_sizes": [64, 48]}, "48 must be a multiple of 32"),
+    ({"lr": -0.1}, "-0.1 is outside (0, inf)"),
+    ({"augment": 1.5}, "1.5 is outside [0, 1]"),
+    ({"energy": 0.0}, "0.0 is outside (0, 1]"),
+    ({"split_fractions": [0.7, 0.3, 0.0]}, "0.0 is outside (0, 1)"),
+    ({"threads": 0}, "0 is outside [1, inf)"),
+])
+def test_out_of_range_parameters_are_refused_before_anything_runs(override, message):
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        resolve_parameters(load_profile("default"), override, list_notebooks())
+
+
+def test_cli_bad_parameter_is_one_line_and_exit_2(tmp_path, capsys):
+    from trashlib.cli import main
+
+    assert main(["run", "--name", "x", "-p", "prune_ratios=[2]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "prune_ratios" in err and "outside (0, 1)" in err

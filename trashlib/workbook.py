@@ -156,6 +156,48 @@ def _check_type(key: str, value: Any, default: Any, where: str) -> Any:
     return value
 
 
+# (low, high, low_open, high_open) for numeric parameters, applied to each item of a list parameter
+_AT_LEAST_1 = (1, None, False, False)
+_AT_LEAST_0 = (0, None, False, False)
+_POSITIVE = (0, None, True, False)
+_FRACTION = (0, 1, False, False)
+_OPEN_FRACTION = (0, 1, True, True)
+PARAMETER_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    **dict.fromkeys(("epochs", "n_trials", "trial_epochs", "final_epochs", "finetune_epochs", "standin_epochs",
+                     "batch_size", "threads", "latency_runs", "compare_rounds", "calibration_images",
+                     "synthetic_images", "layers_max", "iterative_steps"), _AT_LEAST_1),
+    **dict.fromkeys(("teacher_epochs", "top_n", "qat_epochs", "seed", "weight_decay", "margin", "qat_max_drop",
+                     "patience"), _AT_LEAST_0),
+    **dict.fromkeys(("lr", "teacher_lr", "finetune_lr", "target_ms", "distill_temperature", "min_speedup",
+                     "max_error", "width_mults"), _POSITIVE),
+    **dict.fromkeys(("augment", "distill_alpha"), _FRACTION),
+    **dict.fromkeys(("prune_ratios", "split_fractions"), _OPEN_FRACTION),
+    "energy": (0, 1, True, False),
+    "label_smoothing": (0, 1, False, True),
+}
+_SIZES = ("image_size", "teacher_image_size", "image_sizes", "cache_side")
+
+
+def _check_range(key: str, value: Any, where: str) -> None:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if key in PARAMETER_RANGES:
+        low, high, low_open, high_open = PARAMETER_RANGES[key]
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise ParameterError(f"parameter {key}={value!r} ({where}): {item!r} is not a number")
+            below = low is not None and (item <= low if low_open else item < low)
+            above = high is not None and (item >= high if high_open else item > high)
+            if below or above:
+                left, right = "(" if low_open else "[", ")" if high_open or high is None else "]"
+                bounds = f"{left}{low}, {'inf' if high is None else high}{right}"
+                raise ParameterError(f"parameter {key}={value!r} ({where}): {item!r} is outside {bounds}")
+    if key in _SIZES:
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, int) or item < 32 or item % 32:
+                raise ParameterError(f"parameter {key}={value!r} ({where}): {item!r} must be a multiple of 32, "
+                                     f"at least 32 (the models downsample by 32)")
+
+
 def resolve_parameters(profile: dict[str, Any], overrides: dict[str, Any],
                        notebooks: list[Path]) -> dict[str, dict[str, Any]]:
     """Per notebook, the parameters it declares, from the profile and overrides, type-checked."""
@@ -179,6 +221,8 @@ def resolve_parameters(profile: dict[str, Any], overrides: dict[str, Any],
         merged.update(sections.get(stem, {}))
         merged.update({k: v for k, v in overrides.items() if k in defaults})
         out[stem] = {k: _check_type(k, v, defaults[k], stem) for k, v in merged.items()}
+        for key, value in {**defaults, **out[stem]}.items():
+            _check_range(key, value, stem)
     return out
 
 

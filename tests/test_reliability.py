@@ -70,3 +70,20 @@ def test_smoke_workbook_twice_gives_identical_manifests_metrics_and_checkpoints(
     assert {"torch", "torchvision", "python"} <= set(a["environment"])
     print(f"reproducibility: two smoke runs (00, 01) identical; test F1 {a['metrics']['f1_test']!r}; "
           f"{time.perf_counter() - started:.0f} s")
+
+
+@pytest.mark.parametrize("source", ["../outside.jpg", "/etc/hostname", "a/../../outside.jpg", "link/x.jpg"])
+def test_a_tampered_manifest_row_cannot_reach_outside_the_data_root(tmp_path: Path, source: str):
+    from conftest import solid_jpeg
+    from trashlib.data import DataError, load_crop
+
+    root = tmp_path / "root"
+    root.mkdir()
+    solid_jpeg(tmp_path / "outside.jpg")
+    (root / "link").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "x.jpg").write_bytes((tmp_path / "outside.jpg").read_bytes())
+    solid_jpeg(root / "inside.jpg")
+    box = {"crop_x0": "0", "crop_y0": "0", "crop_x1": "10", "crop_y1": "10"}
+    assert load_crop(root, {"source": "inside.jpg", **box}, 32).shape == (32, 32, 3)
+    with pytest.raises(DataError):
+        load_crop(root, {"source": source, **box}, 32)

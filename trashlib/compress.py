@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trashlib.bench import torch_threads, compare_latency, count_macs, count_params
-from trashlib.models import Factorized, describe_structure
+from trashlib.bench import compare_latency, count_params, torch_threads
+from trashlib.models import Factorized
 
 RANK_RULES: tuple[str, ...] = ("vbmf", "energy")
 IMPORTANCES: tuple[str, ...] = ("magnitude", "taylor", "bn")
@@ -42,7 +42,6 @@ def vbmf_rank(matrix: np.ndarray) -> int:
     s = np.linalg.svd(m, compute_uv=False)
     alpha = length / width
     tau_bar = 2.5129 * math.sqrt(alpha)
-    residual = 0.0  # a full SVD keeps every singular value
     xubar = (1 + tau_bar) * (1 + alpha / tau_bar)
     index = max(0, min(math.ceil(length / (1 + alpha)) - 1, length - 1))
     lower_bound = max(s[index] ** 2 / (width * xubar), float(np.mean(s[index:] ** 2)) / width)
@@ -59,8 +58,7 @@ def vbmf_rank(matrix: np.ndarray) -> int:
         term2 = np.sum(z1 - tau_z1)
         term3 = np.sum(np.log((tau_z1 + 1) / z1))
         term4 = alpha * np.sum(np.log(tau_z1 / alpha + 1))
-        return float(term1 + term2 + term3 + term4 + residual / (width * sigma2)
-                     + (length - len(s)) * math.log(sigma2))
+        return float(term1 + term2 + term3 + term4)  # a full SVD: no residual, no missing singular values
 
     sigma2 = _golden_min(objective, lower_bound, upper_bound)
     threshold = math.sqrt(width * sigma2 * (1 + tau_bar) * (1 + alpha / tau_bar))
@@ -385,12 +383,6 @@ def _clip_ranks(model: nn.Module, ranks: dict[str, tuple[int, int]]) -> dict[str
         else:
             clipped[name] = (min(r_in, conv.in_channels), min(r_out, conv.out_channels))
     return clipped
-
-
-def compression_summary(model: nn.Module, image_size: int) -> dict[str, Any]:
-    """Params, MACs and the structure description of a (compressed) model."""
-    return {"params": count_params(model), "macs": count_macs(model, image_size),
-            "structure": describe_structure(model)}
 
 
 def max_output_difference(a: nn.Module, b: nn.Module, image_size: int, n: int = 4, seed: int = 0) -> float:

@@ -253,3 +253,16 @@ def test_code_executing_pickle_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="evil.pt.*refused"):
         load_model(evil)
     assert not marker.exists()
+
+
+def test_weights_hash_follows_the_weights_not_the_file(tmp_path: Path) -> None:
+    from trashlib.models import weights_sha256
+
+    torch.manual_seed(0)
+    a = build_model("mnasnet0_5", 6, 32)
+    torch.manual_seed(0)
+    b = build_model("mnasnet0_5", 6, 32)
+    assert weights_sha256(a) == weights_sha256(b) == weights_sha256(a.state_dict())
+    with torch.no_grad():
+        b.classifier[1].bias[0] += 1e-6
+    assert weights_sha256(a) != weights_sha256(b)

@@ -12,7 +12,7 @@ from torch import nn
 from trashlib.bench import profile_model
 from trashlib.data import PreparedData
 from trashlib.files import read_json
-from trashlib.models import describe_structure, load_model, save_model
+from trashlib.models import describe_structure, load_model, save_model, weights_sha256
 from trashlib.score import score_candidate
 from trashlib.train import TrainConfig, evaluate, train_model
 from trashlib.workbook import Run
@@ -57,6 +57,7 @@ def save_candidate(run: Run, stage: str, record: dict[str, Any], model: nn.Modul
     """`<stage>/<candidate>/model.pt` (spec + weights) and `metrics.json` beside it."""
     folder = f"{stage}/{record['candidate']}"
     save_model(model, run.path(folder, "model.pt"), spec)
+    record["weights_sha256"] = weights_sha256(model)
     return run.write_metrics(folder, {**record, **(extra or {})}, params)
 
 

@@ -7,6 +7,7 @@ the checkpoint spec so ``load_model`` rebuilds it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import zipfile
@@ -406,6 +407,18 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def weights_sha256(model_or_state: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes: equal weights give equal hashes (the bytes of
+    a ``torch.save`` file are not: it embeds a random serialization id)."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    h = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def safe_torch_load(path: Path) -> Any:

@@ -37,7 +37,7 @@ from IPython.display import display
 from trashlib import report
 from trashlib.candidate import assess_candidate, model_spec, save_candidate
 from trashlib.models import build_model, model_preprocessing
-from trashlib.train import TrainConfig, train_model
+from trashlib.train import TrainConfig, seed_everything, train_model
 from trashlib.workbook import open_run
 
 run = open_run(run_dir)
@@ -58,6 +58,7 @@ print(f"{len(train[1])} train / {len(val[1])} val crops, classes {dataset.classe
 
 # %%
 norm = model_preprocessing(model_name)
+seed_everything(seed)  # the initial weights too: two runs with one seed give the same model
 model = build_model(model_name, len(dataset.classes), image_size,
                     pretrained=True if pretrained == "imagenet" else pretrained or False)
 config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
@@ -91,6 +92,7 @@ display(pd.DataFrame(baseline["per_class"]).T.round(3))
 teacher = None
 if teacher_epochs > 0:
     t_norm = model_preprocessing("efficientnet_lite0")
+    seed_everything(seed)
     t_model = build_model("efficientnet_lite0", len(dataset.classes), teacher_image_size, pretrained=True)
     t_config = TrainConfig(epochs=teacher_epochs, batch_size=batch_size, lr=teacher_lr, weight_decay=weight_decay,
                            label_smoothing=label_smoothing, imbalance=imbalance, augment=augment,

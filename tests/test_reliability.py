@@ -31,7 +31,7 @@ while True:
 """
 
 
-def test_sigkill_during_atomic_writes_never_leaves_a_truncated_file(tmp_path: Path):
+def test_sigkill_during_atomic_writes_never_leaves_a_truncated_file(tmp_path: Path, capsys):
     target = tmp_path / "metrics.bin"
     target.write_bytes(b"a" * (8 << 20))
     kills = 0
@@ -48,14 +48,15 @@ def test_sigkill_during_atomic_writes_never_leaves_a_truncated_file(tmp_path: Pa
             f"after kill {kills} the file is truncated or mixed"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != target.name]
     assert all(name.startswith(".metrics.bin.") and name.endswith(".tmp") for name in leftovers), leftovers
-    print(f"atomic writes: {kills} SIGKILLs, target always complete; {len(leftovers)} hidden temp files left")
+    with capsys.disabled():
+        print(f"\natomic writes: {kills} SIGKILLs, target always complete; {len(leftovers)} hidden temp files left")
 
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_smoke_workbook_twice_gives_identical_manifests_metrics_and_checkpoints(tmp_path: Path):
+def test_smoke_workbook_twice_gives_identical_manifests_metrics_and_checkpoints(tmp_path: Path, capsys):
     kwargs = dict(runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", only=["00", "01"],
                   log=lambda line: None)
     started = time.perf_counter()
@@ -75,8 +76,9 @@ def test_smoke_workbook_twice_gives_identical_manifests_metrics_and_checkpoints(
     assert a["metrics"]["training"]["history"][-1]["val_macro_f1"] == b["metrics"]["training"]["history"][-1]["val_macro_f1"]
     assert a["params"]["seed"] == 0 and a["data_manifest_sha256"] == b["data_manifest_sha256"] is not None
     assert {"torch", "torchvision", "python"} <= set(a["environment"])
-    print(f"reproducibility: two smoke runs (00, 01) identical; test F1 {a['metrics']['f1_test']!r}; "
-          f"{time.perf_counter() - started:.0f} s")
+    with capsys.disabled():
+        print(f"\nreproducibility: two smoke runs (00, 01) identical; test F1 {a['metrics']['f1_test']!r}; "
+              f"{time.perf_counter() - started:.0f} s")
 
 
 @pytest.mark.parametrize("source", ["../outside.jpg", "/etc/hostname", "a/../../outside.jpg", "link/x.jpg"])

@@ -166,6 +166,16 @@ def test_cuda_request_without_cuda_falls_back_with_a_warning(data: dict) -> None
     assert result.device == "cpu"
 
 
+def test_auto_device_trains_where_it_can_and_returns_the_model_on_the_cpu(data: dict) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "auto" falls back silently
+        result = run(data, epochs=1, device="auto")
+    assert result.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert all(p.device.type == "cpu" for p in result.model.parameters())
+
+
 def test_evaluate_predict_and_preprocess(data: dict) -> None:
     model = fresh_model()
     images, labels = data["val"]

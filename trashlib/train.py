@@ -98,8 +98,8 @@ class TrainConfig:
         _check_int("TrainConfig.seed", self.seed, minimum=0)
         if self.threads is not None:
             _check_int("TrainConfig.threads", self.threads, minimum=1)
-        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda"):
-            raise TrainError(f"TrainConfig.device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda", "auto"):
+            raise TrainError(f"TrainConfig.device must be 'cpu', 'cuda[:N]' or 'auto', got {self.device!r}")
         _check_real("TrainConfig.distill_temperature", self.distill_temperature, low=0.0,
                     low_open=True)
         _check_real("TrainConfig.distill_alpha", self.distill_alpha, low=0.0, high=1.0)
@@ -257,13 +257,14 @@ def build_augmentation(strength: float, policy: str = "randaugment") -> v2.Trans
 
 def distillation_config(spec: dict[str, Any], teacher_spec: dict[str, Any] | None, epochs: int, lr: float,
                         batch_size: int = 32, temperature: float = 4.0, alpha: float = 0.5, augment: float = 0.3,
-                        weight_decay: float = 0.01, seed: int = 0, threads: int | None = None) -> TrainConfig:
+                        weight_decay: float = 0.01, seed: int = 0, threads: int | None = None,
+                        device: str = "cpu") -> TrainConfig:
     """Fine-tuning settings for a student with the spec (input size, normalisation) of the model it came
     from, distilled from a teacher fed at the teacher's own size and normalisation."""
     teacher_spec = teacher_spec or {}
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, augment=augment,
                        image_size=spec["image_size"], mean=tuple(spec["mean"]), std=tuple(spec["std"]), seed=seed,
-                       threads=threads, distill_temperature=temperature, distill_alpha=alpha,
+                       threads=threads, device=device, distill_temperature=temperature, distill_alpha=alpha,
                        teacher_image_size=teacher_spec.get("image_size"),
                        teacher_mean=tuple(teacher_spec["mean"]) if teacher_spec else None,
                        teacher_std=tuple(teacher_spec["std"]) if teacher_spec else None)
@@ -436,7 +437,9 @@ def _train(
     finally:
         bar.close()
     model.load_state_dict(state["best_state"])
-    model.to(memory_format=torch.contiguous_format)
+    model.to("cpu", memory_format=torch.contiguous_format)  # evaluation and timing run on the CPU, the robot's
+    if teacher is not None:
+        teacher.to("cpu")
     model.eval()
     return TrainResult(
         model=model,
@@ -632,6 +635,8 @@ def _output_classes(model: nn.Module, sample: np.ndarray, config: TrainConfig,
 
 
 def _resolve_device(requested: str) -> torch.device:
+    if requested == "auto":  # CUDA when present, else CPU, silently
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
         warnings.warn(f"TrainConfig.device={requested!r} but CUDA is not available; using CPU",
                       RuntimeWarning, stacklevel=3)

@@ -312,11 +312,11 @@ def load_arch(directory: str | Path, name: str) -> ArchConfig:
 
 
 def arch_train_config(arch: ArchConfig, epochs: int, batch_size: int = 32, seed: int = 0,
-                      threads: int | None = 1) -> TrainConfig:
+                      threads: int | None = 1, device: str = "cpu") -> TrainConfig:
     """The ``TrainConfig`` that trains ``arch`` with its own input size and training knobs."""
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=arch.lr,
                        weight_decay=arch.weight_decay, augment=arch.augment,
-                       image_size=arch.image_size, seed=seed, threads=threads)
+                       image_size=arch.image_size, seed=seed, threads=threads, device=device)
 
 
 # --------------------------------------------------------------------------- objectives

@@ -28,6 +28,7 @@ teacher_image_size = 64
 teacher_lr = 0.001
 seed = 0
 threads = 2
+device = "cpu"  # "auto": train on CUDA when present (latency and submit times are always measured on the CPU)
 latency_runs = 20
 
 # %%
@@ -46,7 +47,7 @@ train, val = dataset.split("train"), dataset.split("val")
 params = dict(model_name=model_name, image_size=image_size, epochs=epochs, batch_size=batch_size,
               optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
               label_smoothing=label_smoothing, imbalance=imbalance, augment=augment, patience=patience,
-              pretrained=pretrained, seed=seed, threads=threads)
+              pretrained=pretrained, seed=seed, threads=threads, device=device)
 print(f"{len(train[1])} train / {len(val[1])} val crops, classes {dataset.classes}")
 
 # %% [markdown]
@@ -64,10 +65,11 @@ model = build_model(model_name, len(dataset.classes), image_size,
 config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                      schedule=schedule, label_smoothing=label_smoothing, imbalance=imbalance, augment=augment,
                      image_size=image_size, mean=tuple(norm["mean"]), std=tuple(norm["std"]),
-                     patience=patience or None, seed=seed, threads=threads)
+                     patience=patience or None, seed=seed, threads=threads, device=device)
 result = train_model(model, train, val, config, checkpoint_path=run.path("baseline", model_name, "checkpoint.pt"),
                      restart_other_runs=True)
 fig = report.plot_training(result.history, model_name)
+print(f"trained on {result.device}; timing below runs on the CPU with {threads} threads")
 print(f"best validation macro-F1 {result.best_val_f1:.3f} at epoch {result.best_epoch}, "
       f"{result.seconds:.0f} s, {60 * result.epochs_run / max(result.seconds, 1e-9):.1f} epochs/min")
 
@@ -97,7 +99,7 @@ if teacher_epochs > 0:
     t_config = TrainConfig(epochs=teacher_epochs, batch_size=batch_size, lr=teacher_lr, weight_decay=weight_decay,
                            label_smoothing=label_smoothing, imbalance=imbalance, augment=augment,
                            image_size=teacher_image_size, mean=tuple(t_norm["mean"]), std=tuple(t_norm["std"]),
-                           seed=seed, threads=threads)
+                           seed=seed, threads=threads, device=device)
     t_result = train_model(t_model, train, val, t_config,
                            checkpoint_path=run.path("baseline", "teacher", "checkpoint.pt"), restart_other_runs=True)
     t_spec = model_spec("efficientnet_lite0", dataset, teacher_image_size, t_norm)

@@ -22,6 +22,7 @@ batch_size = 32
 target_ms = 5.0
 seed = 0
 threads = 2
+device = "cpu"  # "auto": the final retraining on CUDA when present (trials and every timing stay on the CPU)
 latency_runs = 10
 study_name = "search"
 storage_url = ""  # "" keeps the study in the run's journal file; or a database URL shared with tune-worker processes
@@ -46,7 +47,7 @@ train, val = dataset.split("train"), dataset.split("val")
 params = dict(mode=mode, n_trials=n_trials, trial_epochs=trial_epochs, final_epochs=final_epochs,
               image_sizes=image_sizes, width_mults=width_mults, layers_max=layers_max, batch_size=batch_size,
               target_ms=target_ms, seed=seed, threads=threads, latency_runs=latency_runs, study_name=study_name,
-              storage_url=storage_url)
+              storage_url=storage_url, device=device)
 space = SearchSpace(image_sizes=image_sizes, width_mults=width_mults, layers_max=layers_max)
 settings = SearchSettings(space=space, mode=mode, epochs=trial_epochs, batch_size=batch_size, threads=threads,
                           target_ms=target_ms, latency_runs=latency_runs, train_seed=seed)
@@ -142,7 +143,7 @@ print(f"reference: F1 {f1_ref:.3f}, {latency_ref:.2f} ms ({'baseline' if baselin
 
 # %%
 norm = model_preprocessing("mnasnet1_0")
-config = arch_train_config(arch, final_epochs, batch_size, seed, threads)
+config = arch_train_config(arch, final_epochs, batch_size, seed, threads, device)
 seed_everything(seed)
 model = build_model("searched", len(dataset.classes), arch.image_size, arch=arch.to_dict())
 result = train_model(model, train, val, config, checkpoint_path=run.path("search", "checkpoint.pt"),

@@ -30,6 +30,7 @@ standin_epochs = 2  # a stand-in baseline's epochs when notebook 01 has not run
 batch_size = 32
 seed = 0
 threads = 2
+device = "cpu"  # "auto": train on CUDA when present (latency and submit times are always measured on the CPU)
 latency_runs = 10
 compare_rounds = 5
 
@@ -50,7 +51,8 @@ dataset = run.prepared(data)
 params = dict(sources=sources, prune_ratios=prune_ratios, importance=importance, global_pruning=global_pruning,
               iterative_steps=iterative_steps, rank_rule=rank_rule, energy=energy, min_speedup=min_speedup,
               max_error=max_error, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
-              distill_temperature=distill_temperature, distill_alpha=distill_alpha, teacher=teacher, batch_size=batch_size, seed=seed, threads=threads)
+              distill_temperature=distill_temperature, distill_alpha=distill_alpha, teacher=teacher, batch_size=batch_size, seed=seed, threads=threads,
+              device=device)
 base_model, base_spec, baseline = baseline_or_standin(run, dataset, standin_epochs, seed=seed, threads=threads)
 saved = {"baseline": (base_model, base_spec, baseline), "searched": load_candidate(run, "search", "searched"),
          "teacher": load_candidate(run, "baseline", "teacher")}
@@ -119,7 +121,7 @@ display(pd.DataFrame({label: {"source": info["source"], "technique": info["techn
 records = {}
 for label, (model, spec, info) in variants.items():
     config = distillation_config(spec, teacher_spec, finetune_epochs, finetune_lr, batch_size, distill_temperature,
-                                 distill_alpha, seed=seed, threads=threads)
+                                 distill_alpha, seed=seed, threads=threads, device=device)
     variants[label] = (finish_candidate(run, "compress", label, model, spec, dataset, params, config, teacher_model,
                                         baseline, threads, latency_runs, {"compression": info})[0], spec, info)
     records[label] = {**info, **load_candidate(run, "compress", label)[2]}

@@ -172,10 +172,11 @@ PARAMETER_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
                      "max_error", "width_mults"), _POSITIVE),
     **dict.fromkeys(("augment", "distill_alpha"), _FRACTION),
     **dict.fromkeys(("prune_ratios", "split_fractions"), _OPEN_FRACTION),
+    "cache_side": (32, None, False, False),
     "energy": (0, 1, True, False),
     "label_smoothing": (0, 1, False, True),
 }
-_SIZES = ("image_size", "teacher_image_size", "image_sizes", "cache_side")
+_SIZES = ("image_size", "teacher_image_size", "image_sizes")
 
 
 def _check_range(key: str, value: Any, where: str) -> None:

@@ -53,11 +53,16 @@ def assess_candidate(label: str, model: nn.Module, spec: dict[str, Any], data: P
 
 
 def save_candidate(run: Run, stage: str, record: dict[str, Any], model: nn.Module, spec: dict[str, Any],
-                   params: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
-    """`<stage>/<candidate>/model.pt` (spec + weights) and `metrics.json` beside it."""
+                   params: dict[str, Any], extra: dict[str, Any] | None = None, check_reload: bool = False) -> Path:
+    """`<stage>/<candidate>/model.pt` (spec + weights) and `metrics.json` beside it. With ``check_reload`` the
+    saved file is loaded back first and the largest output difference goes into the record (`reload_max_diff`)."""
     folder = f"{stage}/{record['candidate']}"
-    save_model(model, run.path(folder, "model.pt"), spec)
+    path = save_model(model, run.path(folder, "model.pt"), spec)
     record["weights_sha256"] = weights_sha256(model)
+    if check_reload:
+        from trashlib.compress import max_output_difference
+
+        record["reload_max_diff"] = max_output_difference(model, load_model(path)[0], spec["image_size"])
     return run.write_metrics(folder, {**record, **(extra or {})}, params)
 
 
@@ -76,8 +81,6 @@ def finish_candidate(run: Run, stage: str, label: str, model: nn.Module, spec: d
                      extra: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Fine-tune (distil when ``teacher``) a changed model, assess it, save it with its layer structure,
     reload it and record the largest output difference after reloading. Returns the model and its record."""
-    from trashlib.compress import max_output_difference
-
     training = None
     if config is not None:
         result = train_model(model, data.split("train"), data.split("val"), config, teacher=teacher,
@@ -89,10 +92,7 @@ def finish_candidate(run: Run, stage: str, label: str, model: nn.Module, spec: d
     record = assess_candidate(label, model, spec, data, threads=threads, baseline=baseline,
                               latency_runs=latency_runs)
     more = {**(extra or {}), **({"training": training} if training else {})}
-    save_candidate(run, stage, record, model, spec, params, more)
-    reloaded, _ = load_model(run.path(stage, label, "model.pt"))
-    record["reload_max_diff"] = max_output_difference(model, reloaded, spec["image_size"])
-    run.write_metrics(f"{stage}/{label}", {**record, **more}, params)
+    save_candidate(run, stage, record, model, spec, params, more, check_reload=True)
     return model, record
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections.abc import Sequence
@@ -90,8 +91,6 @@ def quantization_aware_training(model: nn.Module, spec: dict[str, Any], train: t
     """For a model that loses too much F1 under post-training int8: PT2E quantization-aware training
     (``prepare_qat_pt2e`` with the x86 QAT config, fake-quantized fine-tuning with ``train_model`` and
     ``config``), then ``convert_pt2e`` and the x86 lowering. The input model is not changed."""
-    import copy
-
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
@@ -128,8 +127,6 @@ def quantize_fx(model: nn.Module, spec: dict[str, Any], batches: Sequence[torch.
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     _check_batches(batches)
-    import copy
-
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (batches[0][:1],))

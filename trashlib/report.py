@@ -313,12 +313,13 @@ def plot_candidates(records: list[dict[str, Any]], x: str = "latency_b1_ms", y: 
     """Every candidate as a labelled point, the Pareto front (higher ``y``, lower ``x``) joined."""
     import matplotlib.pyplot as plt
 
+    import pandas as pd
+
+    from trashlib.candidate import pareto_front
+
     points = sorted((r[x], r[y], r["candidate"]) for r in records)
-    front, best = [], -np.inf
-    for px, py, name in points:
-        if py > best:
-            front.append((px, py))
-            best = py
+    table = pd.DataFrame(points, columns=[x, y, "candidate"]).set_index("candidate")
+    front = [(table.loc[name, x], table.loc[name, y]) for name in pareto_front(table, f1=y, latency=x)]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax.scatter([p[0] for p in points], [p[1] for p in points], color="C0")
     for px, py, name in points:

@@ -18,7 +18,7 @@ from trashlib.candidate import assess_candidate, model_spec
 from trashlib.data import PrepareConfig
 from trashlib.files import atomic_write_json
 from trashlib.models import build_model, model_preprocessing
-from trashlib.train import TrainConfig, train_model
+from trashlib.train import TrainConfig, epochs_per_minute, train_model
 from trashlib.workbook import open_run
 
 # recipe: model, image size, epochs, pretrained, learning rate, batch size, augmentation strength
@@ -37,12 +37,11 @@ def run_recipe(key: str, data, seed: int, threads: int, epochs_override: int | N
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.05, image_size=size, augment=augment,
                          mean=tuple(norm["mean"]), std=tuple(norm["std"]), seed=seed, threads=threads)
     result = train_model(model, data.split("train"), data.split("val"), config, progress=False)
-    train_seconds = sum(h["epoch_seconds"] for h in result.history)
     record = assess_candidate(key, result.model, model_spec(name, data, size, norm), data, threads=threads)
     keep = ("f1_test", "f1_public", "f1_private", "accuracy_test", "latency_b1_ms", "throughput_b32_ips",
             "submit_s", "params", "macs", "score_published")
     return {"recipe": key, "seed": seed, "epochs": epochs, "image_size": size, "best_val_f1": result.best_val_f1,
-            "epochs_per_min": 60 * result.epochs_run / train_seconds, **{k: record[k] for k in keep}}
+            "epochs_per_min": epochs_per_minute(result.history), **{k: record[k] for k in keep}}
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
 """Copy a finished run's leaderboard into the README (a table between markers) and a small Pareto PNG.
 
     .venv/bin/python benchmarks/publish_results.py --run runs/trashnet --command "python -m trashlib run ..."
+    .venv/bin/python benchmarks/publish_results.py --run runs/taco-s0 runs/taco-s1 runs/taco-s2 --name taco-seeds \\
+        --command "..."          # one run per seed: mean ± standard deviation per candidate
 
 Writes benchmarks/published/<run>.json (the rows, winner, machine and versions) and <run>-pareto.png, and
 replaces the README block `<!-- results:<run> start -->` ... `<!-- results:<run> end -->` with the table
@@ -37,32 +39,50 @@ def _value(text: str):
     return int(number) if number.is_integer() and "." not in text and "e" not in text else number
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--command", required=True, help="the command that reproduces the run")
-    parser.add_argument("--readme", default="README.md")
-    args = parser.parse_args()
-    run_dir = Path(args.run)
-    name = run_dir.name
+def read_run(run_dir: Path) -> tuple[list[dict], dict, dict]:
+    """A finished run's leaderboard rows, its params.yaml and its baseline metrics.json."""
     with open(run_dir / "leaderboard.csv", newline="") as fh:
         rows = [{k: _value(v) for k, v in row.items() if k in KEEP} for row in csv.DictReader(fh)]
     params_file = run_dir / "params.yaml"  # absent where the notebooks ran alone (nbval)
     params = (yaml.safe_load(params_file.read_text()) if params_file.is_file()
               else {"data": "synthetic", "profile": "(the notebooks' own defaults)"})
-    baseline = read_json(run_dir / "baseline" / "baseline" / "metrics.json")
+    return rows, params, read_json(run_dir / "baseline" / "baseline" / "metrics.json")
+
+
+def first_deployable(rows: list[dict]) -> str:
+    return next(r["candidate"] for r in rows if r.get("deployable"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, nargs="+", help="one run, or one run per seed (averaged)")
+    parser.add_argument("--name", help="the block's name (default: the run directory's name; required with seeds)")
+    parser.add_argument("--command", required=True, help="the command that reproduces the run")
+    parser.add_argument("--readme", default="README.md")
+    args = parser.parse_args()
+    runs = [read_run(Path(r)) for r in args.run]
+    if len(runs) > 1 and not args.name:
+        parser.error("--name is required with more than one --run")
+    name = args.name or Path(args.run[0]).name
+    rows, params, baseline = runs[0]
     machine = baseline["metrics"]["machine"]
-    winner = next(r["candidate"] for r in rows if r.get("deployable"))
-    doc = {"run": name, "data": Path(params["data"]).name, "profile": params["profile"], "command": args.command,
-           "winner": winner, "rows": rows,
-           "versions": {**{k: machine[k] for k in ("torch", "torchvision", "onnxruntime") if k in machine},
-                        **baseline["environment"]},
-           "machine": f"{machine.get('cpu_model', '?')}, {machine.get('logical_cores', '?')} logical cores, "
-                      f"{machine.get('torch_threads', '?')} torch threads"}
+    doc = {"run": name, "data": Path(params["data"]).name, "profile": params["profile"], "command": args.command}
+    if len(runs) > 1:
+        seeds = [r[1]["notebooks"]["00_eda"].get("seed", 0) for r in runs]  # the split's seed; the notebooks share it
+        if len(set(seeds)) != len(seeds) or len({Path(r[1]["data"]).name for r in runs}) != 1:
+            parser.error(f"the runs must be of one data set with distinct seeds, got seeds {seeds}")
+        rows = report.mean_over_runs([r[0] for r in runs])
+        doc.update(seeds=seeds, winners=[first_deployable(r[0]) for r in runs], runs=[Path(r).name for r in args.run])
+    doc.update(winner=first_deployable(rows), rows=rows,
+               versions={**{k: machine[k] for k in ("torch", "torchvision", "onnxruntime") if k in machine},
+                         **baseline["environment"]},
+               machine=f"{machine.get('cpu_model', '?')}, {machine.get('logical_cores', '?')} logical cores, "
+                       f"{machine.get('torch_threads', '?')} torch threads")
     out = Path("benchmarks/published")
     atomic_write_json(out / f"{name}.json", doc)
     fig = report.plot_candidates([r for r in rows if r["latency_b1_ms"] and not math.isnan(r["f1_test"])],
-                                 title=f"{doc['data']}: test macro-F1 against batch-1 latency")
+                                 title=f"{doc['data']}: test macro-F1 against batch-1 latency"
+                                       + (" (mean over seeds)" if len(runs) > 1 else ""))
     fig.set_size_inches(7, 4.2)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=72)

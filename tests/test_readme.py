@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from trashlib.report import replace_marked_block, results_markdown
+from trashlib.report import mean_over_runs, replace_marked_block, results_markdown
 from trashlib.workbook import PROJECT_ROOT
 
 PUBLISHED = sorted((PROJECT_ROOT / "benchmarks" / "published").glob("*.json"))
@@ -27,3 +27,55 @@ def test_marked_block_replacement():
     assert replace_marked_block(text, "x", "new") == "a\n<!-- results:x start -->\nnew\n<!-- results:x end -->\nb"
     with pytest.raises(ValueError, match="no <!-- results:y start -->"):
         replace_marked_block(text, "y", "new")
+
+
+def test_mean_over_runs_averages_the_candidates_every_seed_made():
+    def row(name, f1, ms, score, deployable=True):
+        return {"candidate": name, "runtime": "onnx-int8", "f1_test": f1, "latency_b1_ms": ms, "params": 1000,
+                "score_published": score, "deployable": deployable, "flagged": False, "size_bytes": None}
+    seed0 = [row("a", 0.5, 1.0, 0.3), row("b", 0.7, 2.0, 0.2), row("only-seed0", 0.9, 1.0, 0.1)]
+    seed1 = [row("b", 0.9, 4.0, 0.4, deployable=False), row("a", 0.7, 3.0, 0.1)]
+    rows = mean_over_runs([seed0, seed1])
+    assert [r["candidate"] for r in rows] == ["a", "b"]  # by mean published score: a 0.2, b 0.3
+    a, b = rows
+    assert a["f1_test"] == pytest.approx(0.6) and a["f1_test_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert a["latency_b1_ms"] == pytest.approx(2.0) and a["params"] == 1000 and "params_std" not in a
+    assert a["size_bytes"] is None and a["deployable"] and not b["deployable"]
+    doc = {"run": "x", "data": "d", "profile": "p", "command": "c", "machine": "m", "versions": {},
+           "winner": "a", "rows": rows, "seeds": [0, 1], "winners": ["only-seed0", "a"]}
+    text = results_markdown(doc)
+    assert "| a | onnx-int8 | 0.600 ± 0.141 |" in text and "seed 0: only-seed0, seed 1: a" in text
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_over_runs([seed0])
+
+
+def _fake_run(root, name: str, seed: int, f1: float) -> str:
+    run = root / name
+    (run / "baseline" / "baseline").mkdir(parents=True)
+    (run / "params.yaml").write_text(f"data: /x/taco-sample\nprofile: real\nnotebooks:\n  00_eda:\n    seed: {seed}\n")
+    (run / "baseline" / "baseline" / "metrics.json").write_text(json.dumps(
+        {"metrics": {"machine": {"torch": "2.14.1", "cpu_model": "cpu", "logical_cores": 2, "torch_threads": 2}},
+         "environment": {"torchao": "0.18.0"}}))
+    (run / "leaderboard.csv").write_text(
+        "candidate,runtime,f1_test,f1_public,f1_private,latency_b1_ms,submit_s,params,macs,size_bytes,"
+        "score_published,score_relative,deployable,flagged\n"
+        f"w-onnx-int8,onnx-int8,{f1},{f1},{f1},1.0,0.5,10,100,2000000,0.3,0.5,True,False\n"
+        f"baseline,eager-fp32,0.4,0.4,0.4,6.0,3.0,10,100,,0.9,1.0,True,False\n")
+    return str(run)
+
+
+def test_publish_script_averages_seeds_and_refuses_a_repeated_seed(tmp_path):
+    import subprocess
+    import sys
+    script = PROJECT_ROOT / "benchmarks" / "publish_results.py"
+    (tmp_path / "README.md").write_text("x\n<!-- results:taco-seeds start -->\n<!-- results:taco-seeds end -->\n")
+    runs = [_fake_run(tmp_path, f"s{seed}", seed, f1) for seed, f1 in ((0, 0.5), (1, 0.6), (2, 0.7))]
+    publish = [sys.executable, str(script), "--name", "taco-seeds", "--command", "make it", "--run"]
+    done = subprocess.run([*publish, *runs], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "benchmarks" / "published" / "taco-seeds.json").read_text())
+    assert doc["seeds"] == [0, 1, 2] and doc["winner"] == "w-onnx-int8" and doc["runs"] == ["s0", "s1", "s2"]
+    assert doc["rows"][0]["f1_test"] == pytest.approx(0.6) and doc["rows"][0]["f1_test_std"] == pytest.approx(0.1)
+    assert "0.600 ± 0.100" in (tmp_path / "README.md").read_text()
+    repeated = subprocess.run([*publish, runs[0], runs[0]], cwd=tmp_path, capture_output=True, text=True)
+    assert repeated.returncode != 0 and "distinct seeds, got seeds [0, 0]" in repeated.stderr

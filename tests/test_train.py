@@ -15,6 +15,7 @@ from trashlib.train import (
     TrainConfig,
     TrainError,
     build_augmentation,
+    epochs_per_minute,
     evaluate,
     predict_logits,
     preprocess,
@@ -78,6 +79,9 @@ def test_tiny_run_learns_above_chance() -> None:
     assert not result.model.training
     summary = result.to_dict()
     assert "model" not in summary and summary["best_epoch"] == result.best_epoch
+    seconds = sum(h["epoch_seconds"] for h in result.history)
+    assert epochs_per_minute(result.history) == pytest.approx(60 * 8 / seconds)
+    assert epochs_per_minute([]) == 0.0
 
 
 def test_same_seed_gives_identical_weights(data: dict) -> None:

@@ -344,24 +344,60 @@ RESULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+SPREAD_KEYS = ("f1_test", "f1_public", "f1_private", "latency_b1_ms", "submit_s", "score_published", "score_relative")
+
+
+def mean_over_runs(tables: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per candidate present in every leaderboard of ``tables`` (one per seed): numbers averaged, with
+    the sample standard deviation as ``<key>_std`` for the ``SPREAD_KEYS``; sorted by mean published score."""
+    if len(tables) < 2:
+        raise ValueError(f"mean_over_runs needs at least 2 leaderboards, got {len(tables)}")
+    by_name = [{row["candidate"]: row for row in table} for table in tables]
+    common = [name for name in by_name[0] if all(name in other for other in by_name[1:])]
+    out = []
+    for name in common:
+        rows = [table[name] for table in by_name]
+        merged: dict[str, Any] = dict(rows[0])
+        for key, value in rows[0].items():
+            values = [r.get(key) for r in rows]
+            if isinstance(value, bool) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  and np.isfinite(v) for v in values):
+                continue
+            merged[key] = float(np.mean(values))
+            if key in SPREAD_KEYS:
+                merged[f"{key}_std"] = float(np.std(values, ddof=1))
+        merged["deployable"] = all(bool(r.get("deployable")) for r in rows)
+        merged["flagged"] = any(bool(r.get("flagged")) for r in rows)
+        out.append(merged)
+    return sorted(out, key=lambda r: (r.get("score_published") is None, r.get("score_published") or 0.0))
+
+
 def results_markdown(doc: dict[str, Any]) -> str:
-    """The README table of one published run (``benchmarks/published/<name>.json``), rows in leaderboard order."""
-    def cell(value: Any, fmt: str) -> str:
+    """The README table of one published run (``benchmarks/published/<name>.json``), rows in leaderboard order;
+    a doc averaged over seeds (``seeds``, ``winners``) shows mean ± standard deviation."""
+    def cell(row: dict[str, Any], key: str, fmt: str) -> str:
+        value = row.get(key)
         if value is None or (isinstance(value, float) and np.isnan(value)):
             return "-"
         if fmt == "{}" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return f"{value / 1e6:.1f} MB" if value >= 1e5 else str(value)
-        return fmt.format(value)
+            return f"{value / 1e6:.1f} MB" if value >= 1e5 else str(round(value))
+        if fmt == "{:,}" and isinstance(value, float):
+            value = round(value)
+        spread = row.get(f"{key}_std")
+        return fmt.format(value) + (f" ± {fmt.format(spread)}" if spread is not None else "")
 
     header = "| " + " | ".join(title for _, title, _ in RESULT_COLUMNS) + " |"
     rule = "|" + "|".join("---" for _ in RESULT_COLUMNS) + "|"
-    rows = ["| " + " | ".join(cell(row.get(key), fmt) for key, _, fmt in RESULT_COLUMNS) + " |"
-            for row in doc["rows"]]
+    rows = ["| " + " | ".join(cell(row, key, fmt) for key, _, fmt in RESULT_COLUMNS) + " |" for row in doc["rows"]]
     lines = [f"Data `{doc['data']}`, profile `{doc['profile']}`; winner **{doc['winner']}**. "
              f"Reproduce: `{doc['command']}`. Machine: {doc['machine']}; torch {doc['versions'].get('torch')}, "
-             f"onnxruntime {doc['versions'].get('onnxruntime')}, torchao {doc['versions'].get('torchao')}.", "",
-             header, rule, *rows]
-    return "\n".join(lines)
+             f"onnxruntime {doc['versions'].get('onnxruntime')}, torchao {doc['versions'].get('torchao')}."]
+    if "seeds" in doc:
+        winners = ", ".join(f"seed {seed}: {name}" for seed, name in zip(doc["seeds"], doc["winners"]))
+        lines.append(f"Mean ± sample standard deviation over seeds {doc['seeds']}: each seed draws its own split "
+                     f"by photo, initial weights and search; rows are the candidates every seed made, by mean "
+                     f"published score; the winner has the best mean score. Each seed's own winner: {winners}.")
+    return "\n".join([*lines, "", header, rule, *rows])
 
 
 def replace_marked_block(text: str, name: str, block: str) -> str:

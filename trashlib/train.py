@@ -138,6 +138,12 @@ class TrainResult:
                 if f.name != "model"}
 
 
+def epochs_per_minute(history: list[dict[str, float]]) -> float:
+    """Training speed from the per-epoch times in ``history`` (resumed epochs included), 0 when empty."""
+    seconds = sum(h["epoch_seconds"] for h in history)
+    return 60 * len(history) / seconds if seconds > 0 else 0.0
+
+
 def seed_everything(seed: int) -> None:
     """Seed python ``random``, numpy's global RNG and torch (CPU and CUDA)."""
     _check_int("seed", seed, minimum=0)

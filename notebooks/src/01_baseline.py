@@ -38,7 +38,7 @@ from IPython.display import display
 from trashlib import report
 from trashlib.candidate import assess_candidate, model_spec, save_candidate
 from trashlib.models import build_model, model_preprocessing
-from trashlib.train import TrainConfig, seed_everything, train_model
+from trashlib.train import TrainConfig, epochs_per_minute, seed_everything, train_model
 from trashlib.workbook import open_run
 
 run = open_run(run_dir)
@@ -71,7 +71,7 @@ result = train_model(model, train, val, config, checkpoint_path=run.path("baseli
 fig = report.plot_training(result.history, model_name)
 print(f"trained on {result.device}; timing below runs on the CPU with {threads} threads")
 print(f"best validation macro-F1 {result.best_val_f1:.3f} at epoch {result.best_epoch}, "
-      f"{result.seconds:.0f} s, {60 * result.epochs_run / max(result.seconds, 1e-9):.1f} epochs/min")
+      f"{sum(h['epoch_seconds'] for h in result.history):.0f} s, {epochs_per_minute(result.history):.1f} epochs/min")
 
 # %% [markdown]
 # ## Test-split quality and cost

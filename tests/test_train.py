@@ -133,6 +133,25 @@ def test_killed_run_resumes_bitwise(data: dict, tmp_path: Path,
     assert_same_weights(fresh.model, again.model)
 
 
+def test_checkpoint_of_another_teacher_or_start_does_not_resume(data: dict, tmp_path: Path) -> None:
+    # a retrained teacher (or a retrained source of a pruned student) keeps every TrainConfig field the same
+    checkpoint = tmp_path / "distil.ckpt"
+    teachers = [fresh_model(seed) for seed in (5, 6)]
+    first = run(data, checkpoint=checkpoint, teacher=teachers[0], epochs=1)
+    assert run(data, checkpoint=checkpoint, teacher=teachers[0], epochs=1).resumed_from_epoch == 1
+    with pytest.raises(TrainError, match=r"differs in \['teacher weights'\]"):
+        run(data, checkpoint=checkpoint, teacher=teachers[1], epochs=1)
+    config = TrainConfig(**{"epochs": 1, "augment": 0.5, **FAST})
+    with pytest.raises(TrainError, match=r"differs in \['initial weights'\]"):
+        train_model(fresh_model(seed=9), data["train"], data["val"], config, checkpoint_path=checkpoint,
+                    teacher=teachers[0], progress=False)
+    other = train_model(fresh_model(seed=9), data["train"], data["val"], config, checkpoint_path=checkpoint,
+                        teacher=teachers[1], progress=False, restart_other_runs=True)
+    assert other.resumed_from_epoch == 0
+    with pytest.raises(AssertionError):
+        assert_same_weights(first.model, other.model)
+
+
 def test_distillation_runs_with_its_own_teacher_preprocessing(data: dict) -> None:
     seed_everything(1)
     teacher = build_model("efficientnet_lite0", num_classes=3, image_size=64)

@@ -360,6 +360,8 @@ def _train(
                    if key not in RESUME_FREE_FIELDS},
         "data": _fingerprint(train_x, train_y, val_x, val_y),
         "distillation": teacher is not None,
+        "initial_weights": _weights_fingerprint(model),  # a retrained source or teacher must not resume stale
+        "teacher_weights": None if teacher is None else _weights_fingerprint(teacher),
     }
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     augment_gen = torch.Generator().manual_seed(config.seed + 1)
@@ -600,6 +602,9 @@ def _restore(path: Path, run_identity: dict[str, Any], model: nn.Module,
             changed.append("data")
         if stored["distillation"] != run_identity["distillation"]:
             changed.append("teacher")
+        for key, what in (("initial_weights", "initial weights"), ("teacher_weights", "teacher weights")):
+            if stored.get(key) != run_identity[key] and (key == "initial_weights" or "teacher" not in changed):
+                changed.append(what)
         raise CheckpointMismatch(
             f"{path} belongs to a different run (differs in {changed}); delete it to start afresh"
         )
@@ -620,6 +625,16 @@ def _fingerprint(*arrays: np.ndarray) -> str:
         contiguous = np.ascontiguousarray(array)
         digest.update(str((contiguous.dtype.str, contiguous.shape)).encode())
         digest.update(contiguous.data)
+    return digest.hexdigest()
+
+
+def _weights_fingerprint(model: nn.Module) -> str:
+    """A digest of every parameter and buffer (names, shapes, values)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in model.state_dict().items():
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.tobytes())
     return digest.hexdigest()
 
 

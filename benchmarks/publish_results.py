@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--name", help="the block's name (default: the run directory's name; required with seeds)")
     parser.add_argument("--command", required=True, help="the command that reproduces the run")
     parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--inference", help="a benchmarks/bench_inference.py JSON of the same run, shown under the table")
+    parser.add_argument("--inference-command", default="", help="the command that made --inference")
     args = parser.parse_args()
     runs = [read_run(Path(r)) for r in args.run]
     if len(runs) > 1 and not args.name:
@@ -78,6 +80,12 @@ def main() -> None:
                          **baseline["environment"]},
                machine=f"{machine.get('cpu_model', '?')}, {machine.get('logical_cores', '?')} logical cores, "
                        f"{machine.get('torch_threads', '?')} torch threads")
+    if args.inference:
+        bench = read_json(Path(args.inference))
+        if bench["winner"] != doc["winner"]:
+            parser.error(f"{args.inference} timed {bench['winner']}, but the run's winner is {doc['winner']}")
+        doc["inference"] = {"command": args.inference_command, "threads": bench["threads"], "winner": bench["winner"],
+                            "timing": bench["timing"], "submit": bench["submit"]}
     out = Path("benchmarks/published")
     atomic_write_json(out / f"{name}.json", doc)
     fig = report.plot_candidates([r for r in rows if r["latency_b1_ms"] and not math.isnan(r["f1_test"])],

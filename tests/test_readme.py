@@ -79,3 +79,21 @@ def test_publish_script_averages_seeds_and_refuses_a_repeated_seed(tmp_path):
     assert "0.600 ± 0.100" in (tmp_path / "README.md").read_text()
     repeated = subprocess.run([*publish, runs[0], runs[0]], cwd=tmp_path, capture_output=True, text=True)
     assert repeated.returncode != 0 and "distinct seeds, got seeds [0, 0]" in repeated.stderr
+
+    def timing(variant, b1):
+        return {"variant": variant, "b1_ms": b1, "speedup_b1": 6.0 / b1, "b32_ms": 30.0, "speedup_b32": 2.0,
+                "x_floor_b1": 3.0}
+    bench = tmp_path / "inference.json"
+    for winner in ("someone-else", "w-onnx-int8"):
+        bench.write_text(json.dumps({"winner": winner, "threads": 2, "submit": {"n": 9, "original_loop_s": 3.0,
+                                     "winner_s": 0.5, "ratio": 6.0},
+                                     "timing": [timing("baseline eager-fp32", 6.0), timing("baseline onnx-fp32", 1.2),
+                                                timing(f"winner {winner}", 0.5)]}))
+        done = subprocess.run([*publish, runs[0], "--name", "taco-seeds", "--inference", str(bench),
+                               "--inference-command", "bench it"], cwd=tmp_path, capture_output=True, text=True)
+        if winner == "someone-else":
+            assert done.returncode != 0 and "timed someone-else, but the run's winner is w-onnx-int8" in done.stderr
+    assert done.returncode == 0, done.stderr
+    readme = (tmp_path / "README.md").read_text()
+    assert "| winner w-onnx-int8 | 0.500 | 12.00 | 2.40 | 30.00 | 2.00 | 3.00 |" in readme
+    assert "(9 images): the competition's loop" in readme and "(6.0x shorter)" in readme

@@ -397,7 +397,25 @@ def results_markdown(doc: dict[str, Any]) -> str:
         lines.append(f"Mean ± sample standard deviation over seeds {doc['seeds']}: each seed draws its own split "
                      f"by photo, initial weights and search; rows are the candidates every seed made, by mean "
                      f"published score; the winner has the best mean score. Each seed's own winner: {winners}.")
-    return "\n".join([*lines, "", header, rule, *rows])
+    return "\n".join([*lines, "", header, rule, *rows, *inference_markdown(doc.get("inference"))])
+
+
+def inference_markdown(bench: dict[str, Any] | None) -> list[str]:
+    """The inference benchmark's lines for the README (``benchmarks/bench_inference.py`` JSON), none without one."""
+    if not bench:
+        return []
+    ort = next(r["b1_ms"] for r in bench["timing"] if r["variant"] == "baseline onnx-fp32")
+    lines = ["", f"The winner against the references, timed interleaved in one process with {bench['threads']} "
+                 f"threads (`{bench['command']}`); the floor is MACs over this CPU's measured peak GEMM rate:", "",
+             "| variant | b1 ms | x eager fp32 | x onnxruntime fp32 | b32 ms | x eager fp32 (b32) | x its floor (b1) |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['b1_ms']:.3f} | {r['speedup_b1']:.2f} | {ort / r['b1_ms']:.2f} | "
+              f"{r['b32_ms']:.2f} | {r['speedup_b32']:.2f} | {r['x_floor_b1']:.2f} |" for r in bench["timing"]]
+    submit = bench["submit"]
+    lines += ["", f"Submit time, the whole test split from the files on disk ({submit['n']} images): the competition's "
+                  f"loop (PIL decode and transform per image, batch 1, eager fp32 baseline) {submit['original_loop_s']:.2f} s, "
+                  f"the winner {submit['winner_s']:.2f} s ({submit['ratio']:.1f}x shorter)."]
+    return lines
 
 
 def replace_marked_block(text: str, name: str, block: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 from pathlib import Path
 
@@ -49,6 +50,16 @@ def read_run(run_dir: Path) -> tuple[list[dict], dict, dict]:
     return rows, params, read_json(run_dir / "baseline" / "baseline" / "metrics.json")
 
 
+def notebook_seconds(run_dir: Path) -> dict[str, float]:
+    """Each executed notebook's papermill duration in the run directory."""
+    out = {}
+    for nb in sorted((run_dir / "notebooks").glob("*.ipynb")):
+        duration = json.loads(nb.read_text())["metadata"].get("papermill", {}).get("duration")
+        if duration is not None:
+            out[nb.stem] = round(float(duration), 1)
+    return out
+
+
 def first_deployable(rows: list[dict]) -> str:
     return next(r["candidate"] for r in rows if r.get("deployable"))
 
@@ -68,7 +79,8 @@ def main() -> None:
     name = args.name or Path(args.run[0]).name
     rows, params, baseline = runs[0]
     machine = baseline["metrics"]["machine"]
-    doc = {"run": name, "data": Path(params["data"]).name, "profile": params["profile"], "command": args.command}
+    doc = {"run": name, "data": Path(params["data"]).name, "profile": params["profile"], "command": args.command,
+           "notebook_seconds": [notebook_seconds(Path(r)) for r in args.run]}
     if len(runs) > 1:
         seeds = [r[1]["notebooks"]["00_eda"].get("seed", 0) for r in runs]  # the split's seed; the notebooks share it
         if len(set(seeds)) != len(seeds) or len({Path(r[1]["data"]).name for r in runs}) != 1:

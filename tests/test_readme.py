@@ -52,6 +52,9 @@ def test_mean_over_runs_averages_the_candidates_every_seed_made():
 def _fake_run(root, name: str, seed: int, f1: float) -> str:
     run = root / name
     (run / "baseline" / "baseline").mkdir(parents=True)
+    (run / "notebooks").mkdir()
+    for stem, seconds in (("00_eda", 6.0), ("01_baseline", 54.0 + seed)):
+        (run / "notebooks" / f"{stem}.ipynb").write_text(json.dumps({"metadata": {"papermill": {"duration": seconds}}}))
     (run / "params.yaml").write_text(f"data: /x/taco-sample\nprofile: real\nnotebooks:\n  00_eda:\n    seed: {seed}\n")
     (run / "baseline" / "baseline" / "metrics.json").write_text(json.dumps(
         {"metrics": {"machine": {"torch": "2.14.1", "cpu_model": "cpu", "logical_cores": 2, "torch_threads": 2}},
@@ -77,6 +80,8 @@ def test_publish_script_averages_seeds_and_refuses_a_repeated_seed(tmp_path):
     assert doc["seeds"] == [0, 1, 2] and doc["winner"] == "w-onnx-int8" and doc["runs"] == ["s0", "s1", "s2"]
     assert doc["rows"][0]["f1_test"] == pytest.approx(0.6) and doc["rows"][0]["f1_test_std"] == pytest.approx(0.1)
     assert "0.600 ± 0.100" in (tmp_path / "README.md").read_text()
+    assert "took 1.0 min (00 6 s, 01 54 s); 1.0 min (00 6 s, 01 55 s); 1.0 min (00 6 s, 01 56 s) on that machine per seed" \
+        in (tmp_path / "README.md").read_text()
     repeated = subprocess.run([*publish, runs[0], runs[0]], cwd=tmp_path, capture_output=True, text=True)
     assert repeated.returncode != 0 and "distinct seeds, got seeds [0, 0]" in repeated.stderr
 

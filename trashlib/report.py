@@ -392,6 +392,12 @@ def results_markdown(doc: dict[str, Any]) -> str:
     lines = [f"Data `{doc['data']}`, profile `{doc['profile']}`; winner **{doc['winner']}**. "
              f"Reproduce: `{doc['command']}`. Machine: {doc['machine']}; torch {doc['versions'].get('torch')}, "
              f"onnxruntime {doc['versions'].get('onnxruntime')}, torchao {doc['versions'].get('torchao')}."]
+    times = [t for t in doc.get("notebook_seconds", []) if t]
+    if times:
+        per_run = "; ".join(f"{sum(t.values()) / 60:.1f} min (" + ", ".join(f"{k[:2]} {v:.0f} s" for k, v in t.items())
+                            + ")" for t in times)
+        lines.append(f"The workbook took {per_run} on that machine{' per seed' if len(times) > 1 else ''}, "
+                     f"data preparation included (papermill's notebook durations).")
     if "seeds" in doc:
         winners = ", ".join(f"seed {seed}: {name}" for seed, name in zip(doc["seeds"], doc["winners"]))
         lines.append(f"Mean ± sample standard deviation over seeds {doc['seeds']}: each seed draws its own split "

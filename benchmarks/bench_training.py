@@ -53,7 +53,7 @@ def time_search(p: dict, data, trials: int) -> dict:
         study = run_search(Path(tmp) / "journal.log", "bench", SearchData.from_prepared(data), settings,
                            n_trials=trials, seed=p["seed"])
         seconds = time.perf_counter() - start
-    states = [t.state for t in study.trials]
+        states = [t.state for t in study.trials]  # the journal goes with the directory
     return {"trials": len(states), "complete": states.count(TrialState.COMPLETE),
             "pruned": states.count(TrialState.PRUNED), "seconds": seconds, "trials_per_hour": 3600 * len(states) / seconds,
             "trial_epochs": p["trial_epochs"]}

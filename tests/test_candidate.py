@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import six_class_photos
-from trashlib.candidate import assess_candidate, load_candidate, model_spec, save_candidate
+from trashlib.candidate import assess_candidate, check_above_chance, load_candidate, model_spec, save_candidate
 from trashlib.data import PrepareConfig, prepare_dataset
 from trashlib.models import build_model, model_preprocessing
 from trashlib.score import score_candidate
@@ -50,3 +50,11 @@ def test_score_candidate_without_and_with_baseline():
     s = score_candidate(0.7012, 58.1225)
     assert s["score_published"] == pytest.approx(1.1676, abs=0.002) and s["score_relative"] is None
     assert score_candidate(0.8, 10.0, 0.8, 10.0)["score_relative"] == pytest.approx(1.0)
+
+
+def test_check_above_chance_fails_on_synthetic_data_and_warns_on_real_data():
+    assert check_above_chance("baseline", 0.4, 6, "synthetic") == "baseline: macro-F1 0.400, above chance 0.167"
+    with pytest.raises(AssertionError, match="searched macro-F1 0.150 is not above chance 0.167 on the synthetic"):
+        check_above_chance("searched", 0.15, 6, "synthetic")
+    warning = check_above_chance("searched", 0.092, 6, "../shared/data/taco-sample")
+    assert warning.startswith("WARNING: searched macro-F1 0.092 is not above chance 0.167") and "taco-sample" in warning

@@ -18,6 +18,19 @@ from trashlib.train import TrainConfig, evaluate, train_model
 from trashlib.workbook import Run
 
 
+def check_above_chance(what: str, f1: float, n_classes: int, data: str) -> str:
+    """Whether a model learned anything: macro-F1 above chance (1 / classes), said in a line for the notebook.
+    On the embedded synthetic data it must be (an ``AssertionError`` otherwise: that is a bug); on real data it
+    may not be (a small set, a network trained from scratch for a few epochs), and the line is a warning."""
+    chance = 1 / n_classes
+    if f1 > chance:
+        return f"{what}: macro-F1 {f1:.3f}, above chance {chance:.3f}"
+    message = f"{what} macro-F1 {f1:.3f} is not above chance {chance:.3f}"
+    if data == "synthetic":
+        raise AssertionError(f"{message} on the synthetic data, which every model here learns")
+    return f"WARNING: {message}: too little data, or too few epochs, for it on {data}"
+
+
 def model_spec(name: str, data: PreparedData, image_size: int, normalization: dict[str, list[float]],
                **extra: Any) -> dict[str, Any]:
     """What rebuilds and feeds a model: architecture name, classes, input size and normalisation."""

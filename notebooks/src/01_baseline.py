@@ -36,7 +36,7 @@ import pandas as pd
 from IPython.display import display
 
 from trashlib import report
-from trashlib.candidate import assess_candidate, model_spec, save_candidate
+from trashlib.candidate import assess_candidate, check_above_chance, model_spec, save_candidate
 from trashlib.models import build_model, model_preprocessing
 from trashlib.train import TrainConfig, epochs_per_minute, seed_everything, train_model
 from trashlib.workbook import open_run
@@ -125,8 +125,7 @@ run.headline("01_baseline", {"baseline_f1": round(baseline["f1_test"], 4),
                              "baseline_submit_s": round(baseline["submit_s"], 3),
                              **({"teacher_f1": round(teacher["f1_test"], 4)} if teacher else {})})
 
-chance = 1 / len(dataset.classes)
-assert baseline["f1_test"] > chance, f"baseline macro-F1 {baseline['f1_test']:.3f} is not above chance {chance:.3f}"
+print(check_above_chance("baseline", baseline["f1_test"], len(dataset.classes), data))
 assert baseline["submit_agrees_with_cache"], "predictions from the files on disk differ from the crop cache"
 assert baseline["submit_n"] == len(dataset.split("test")[1])
 assert run.path("baseline", "baseline", "model.pt").is_file() and run.path("baseline", "baseline", "metrics.json").is_file()

@@ -40,7 +40,7 @@ import torch
 from IPython.display import display
 
 from trashlib import report
-from trashlib.candidate import baseline_or_standin, finish_candidate, load_candidate
+from trashlib.candidate import baseline_or_standin, check_above_chance, finish_candidate, load_candidate
 from trashlib.compress import build_variants, kept_ranks, scan_decomposition
 from trashlib.bench import compare_models, count_macs, count_params
 from trashlib.train import distillation_config, preprocess, seed_everything
@@ -172,8 +172,8 @@ run.headline("03_compress", {"variants": len(records), "kept_factorizations": le
 print("wrote", *[run.path("compress", k, "model.pt") for k in records], run.path("compress", "metrics.json"),
       sep="\n  ")
 
-chance = 1 / len(dataset.classes)
-assert max(r["f1_test"] for r in records.values()) > chance, "no compressed variant is above chance"
+best_f1 = max(r["f1_test"] for r in records.values())
+print(check_above_chance("the best compressed variant", best_f1, len(dataset.classes), data))
 for label, r in records.items():
     source_model = to_compress[r["source"]][0]
     assert r["reload_max_diff"] < 1e-4, f"{label} gives other outputs after reloading: {r['reload_max_diff']}"

@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--name", help="the block's name (default: the run directory's name; required with seeds)")
     parser.add_argument("--command", required=True, help="the command that reproduces the run")
     parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--rank-by", default="score_published", choices=["score_published", "score_relative"],
+                        help="with seeds: the mean score that orders the rows and picks the winner (on data where "
+                             "every F1 is far below the published f1_ref the published score saturates near 1)")
     parser.add_argument("--inference", help="a benchmarks/bench_inference.py JSON of the same run, shown under the table")
     parser.add_argument("--inference-command", default="", help="the command that made --inference")
     args = parser.parse_args()
@@ -85,8 +88,9 @@ def main() -> None:
         seeds = [r[1]["notebooks"]["00_eda"].get("seed", 0) for r in runs]  # the split's seed; the notebooks share it
         if len(set(seeds)) != len(seeds) or len({Path(r[1]["data"]).name for r in runs}) != 1:
             parser.error(f"the runs must be of one data set with distinct seeds, got seeds {seeds}")
-        rows = report.mean_over_runs([r[0] for r in runs])
-        doc.update(seeds=seeds, winners=[first_deployable(r[0]) for r in runs], runs=[Path(r).name for r in args.run])
+        rows = report.mean_over_runs([r[0] for r in runs], rank_by=args.rank_by)
+        doc.update(seeds=seeds, winners=[first_deployable(r[0]) for r in runs], runs=[Path(r).name for r in args.run],
+                   rank_by=args.rank_by)
     doc.update(winner=first_deployable(rows), rows=rows,
                versions={**{k: machine[k] for k in ("torch", "torchvision", "onnxruntime") if k in machine},
                          **baseline["environment"]},

@@ -42,11 +42,19 @@ def test_mean_over_runs_averages_the_candidates_every_seed_made():
     assert a["latency_b1_ms"] == pytest.approx(2.0) and a["params"] == 1000 and "params_std" not in a
     assert a["size_bytes"] is None and a["deployable"] and not b["deployable"]
     doc = {"run": "x", "data": "d", "profile": "p", "command": "c", "machine": "m", "versions": {},
-           "winner": "a", "rows": rows, "seeds": [0, 1], "winners": ["only-seed0", "a"]}
+           "winner": "a", "rows": rows, "seeds": [0, 1], "winners": ["only-seed0", "a"], "rank_by": "score_published"}
     text = results_markdown(doc)
     assert "| a | onnx-int8 | 0.600 ± 0.141 |" in text and "seed 0: only-seed0, seed 1: a" in text
+    assert text.splitlines()[-1].endswith("| 2 |") and "sorted by mean `score_published`" in text
     with pytest.raises(ValueError, match="at least 2"):
         mean_over_runs([seed0])
+    with pytest.raises(ValueError, match="min_runs must be between 1 and 2, got 3"):
+        mean_over_runs([seed0, seed1], min_runs=3)
+    # a candidate two seeds of three deployed is kept, with its count; one seed's alone is not
+    three = mean_over_runs([seed0, seed1, [row("a", 0.6, 2.0, 0.5), row("only-seed0", 0.5, 1.0, 0.1)]],
+                           rank_by="f1_test")
+    assert [(r["candidate"], r["n_runs"]) for r in three] == [("a", 3), ("only-seed0", 2), ("b", 2)]
+    assert three[0]["f1_test_std"] == pytest.approx(0.1)
 
 
 def _fake_run(root, name: str, seed: int, f1: float) -> str:

@@ -347,29 +347,35 @@ RESULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
 SPREAD_KEYS = ("f1_test", "f1_public", "f1_private", "latency_b1_ms", "submit_s", "score_published", "score_relative")
 
 
-def mean_over_runs(tables: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per candidate present in every leaderboard of ``tables`` (one per seed): numbers averaged, with
-    the sample standard deviation as ``<key>_std`` for the ``SPREAD_KEYS``; sorted by mean published score."""
+def mean_over_runs(tables: list[list[dict[str, Any]]], rank_by: str = "score_published",
+                   min_runs: int = 2) -> list[dict[str, Any]]:
+    """One row per candidate present in at least ``min_runs`` of the leaderboards ``tables`` (one per seed):
+    numbers averaged, the sample standard deviation as ``<key>_std`` for the ``SPREAD_KEYS``, and ``n_runs``;
+    sorted by the mean of ``rank_by``."""
     if len(tables) < 2:
         raise ValueError(f"mean_over_runs needs at least 2 leaderboards, got {len(tables)}")
+    if not 1 <= min_runs <= len(tables):
+        raise ValueError(f"min_runs must be between 1 and {len(tables)}, got {min_runs}")
     by_name = [{row["candidate"]: row for row in table} for table in tables]
-    common = [name for name in by_name[0] if all(name in other for other in by_name[1:])]
+    names = list(dict.fromkeys(name for table in by_name for name in table))
     out = []
-    for name in common:
-        rows = [table[name] for table in by_name]
-        merged: dict[str, Any] = dict(rows[0])
+    for name in names:
+        rows = [table[name] for table in by_name if name in table]
+        if len(rows) < min_runs:
+            continue
+        merged: dict[str, Any] = {**rows[0], "n_runs": len(rows)}
         for key, value in rows[0].items():
             values = [r.get(key) for r in rows]
             if isinstance(value, bool) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                   and np.isfinite(v) for v in values):
                 continue
             merged[key] = float(np.mean(values))
-            if key in SPREAD_KEYS:
+            if key in SPREAD_KEYS and len(values) > 1:
                 merged[f"{key}_std"] = float(np.std(values, ddof=1))
         merged["deployable"] = all(bool(r.get("deployable")) for r in rows)
         merged["flagged"] = any(bool(r.get("flagged")) for r in rows)
         out.append(merged)
-    return sorted(out, key=lambda r: (r.get("score_published") is None, r.get("score_published") or 0.0))
+    return sorted(out, key=lambda r: (r.get(rank_by) is None, r.get(rank_by) or 0.0))
 
 
 def results_markdown(doc: dict[str, Any]) -> str:
@@ -386,9 +392,10 @@ def results_markdown(doc: dict[str, Any]) -> str:
         spread = row.get(f"{key}_std")
         return fmt.format(value) + (f" ± {fmt.format(spread)}" if spread is not None else "")
 
-    header = "| " + " | ".join(title for _, title, _ in RESULT_COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in RESULT_COLUMNS) + "|"
-    rows = ["| " + " | ".join(cell(row, key, fmt) for key, _, fmt in RESULT_COLUMNS) + " |" for row in doc["rows"]]
+    columns = RESULT_COLUMNS + ((("n_runs", "seeds", "{}"),) if "seeds" in doc else ())
+    header = "| " + " | ".join(title for _, title, _ in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    rows = ["| " + " | ".join(cell(row, key, fmt) for key, _, fmt in columns) + " |" for row in doc["rows"]]
     lines = [f"Data `{doc['data']}`, profile `{doc['profile']}`; winner **{doc['winner']}**. "
              f"Reproduce: `{doc['command']}`. Machine: {doc['machine']}; torch {doc['versions'].get('torch')}, "
              f"onnxruntime {doc['versions'].get('onnxruntime')}, torchao {doc['versions'].get('torchao')}."]
@@ -401,8 +408,10 @@ def results_markdown(doc: dict[str, Any]) -> str:
     if "seeds" in doc:
         winners = ", ".join(f"seed {seed}: {name}" for seed, name in zip(doc["seeds"], doc["winners"]))
         lines.append(f"Mean ± sample standard deviation over seeds {doc['seeds']}: each seed draws its own split "
-                     f"by photo, initial weights and search; rows are the candidates every seed made, by mean "
-                     f"published score; the winner has the best mean score. Each seed's own winner: {winners}.")
+                     f"by photo, initial weights and search, and deploys its own top candidates, so a row holds the "
+                     f"seeds that made it (column `seeds`; rows made by fewer than 2 are left out). Rows are sorted "
+                     f"by mean `{doc['rank_by']}`; the winner is the deployable row with the best mean among those "
+                     f"made by at least 2 seeds. Each seed's own winner: {winners}.")
     return "\n".join([*lines, "", header, rule, *rows, *inference_markdown(doc.get("inference"))])
 
 
@@ -412,7 +421,9 @@ def inference_markdown(bench: dict[str, Any] | None) -> list[str]:
         return []
     ort = next(r["b1_ms"] for r in bench["timing"] if r["variant"] == "baseline onnx-fp32")
     lines = ["", f"The winner against the references, timed interleaved in one process with {bench['threads']} "
-                 f"threads (`{bench['command']}`); the floor is MACs over this CPU's measured peak GEMM rate:", "",
+                 f"threads (`{bench['command']}`). The floor is MACs over torch's GEMM rate measured on this CPU "
+                 f"(`torch.mm` fp32, `torch._int_mm` int8): a reference, not a bound (onnxruntime's fp32 "
+                 f"convolutions can beat it, below 1x).", "",
              "| variant | b1 ms | x eager fp32 | x onnxruntime fp32 | b32 ms | x eager fp32 (b32) | x its floor (b1) |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['b1_ms']:.3f} | {r['speedup_b1']:.2f} | {ort / r['b1_ms']:.2f} | "

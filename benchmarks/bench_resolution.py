@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from trashlib.bench import count_macs, machine_info, runtime_table
+from trashlib.candidate import model_spec
 from trashlib.data import load_prepared
 from trashlib.files import atomic_write_json
 from trashlib.models import build_model, load_model, model_preprocessing
@@ -42,9 +43,7 @@ def fine_tune(size: int, p: dict, data) -> tuple:
                          mean=tuple(norm["mean"]), std=tuple(norm["std"]), seed=p.get("seed", 0),
                          threads=p.get("threads", 2))
     result = train_model(model, data.split("train"), data.split("val"), config, progress=False)
-    spec = {"name": "efficientnet_lite0", "num_classes": len(data.classes), "class_names": list(data.classes),
-            "image_size": size, "mean": list(norm["mean"]), "std": list(norm["std"])}
-    return result.model, spec
+    return result.model, model_spec("efficientnet_lite0", data, size, norm)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from trashlib.models import (
     atomic_torch_save,
     check_image_size,
     safe_torch_load,
+    weights_sha256,
 )
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -360,8 +361,8 @@ def _train(
                    if key not in RESUME_FREE_FIELDS},
         "data": _fingerprint(train_x, train_y, val_x, val_y),
         "distillation": teacher is not None,
-        "initial_weights": _weights_fingerprint(model),  # a retrained source or teacher must not resume stale
-        "teacher_weights": None if teacher is None else _weights_fingerprint(teacher),
+        "initial_weights": weights_sha256(model),  # a retrained source or teacher must not resume stale
+        "teacher_weights": None if teacher is None else weights_sha256(teacher),
     }
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     augment_gen = torch.Generator().manual_seed(config.seed + 1)
@@ -625,16 +626,6 @@ def _fingerprint(*arrays: np.ndarray) -> str:
         contiguous = np.ascontiguousarray(array)
         digest.update(str((contiguous.dtype.str, contiguous.shape)).encode())
         digest.update(contiguous.data)
-    return digest.hexdigest()
-
-
-def _weights_fingerprint(model: nn.Module) -> str:
-    """A digest of every parameter and buffer (names, shapes, values)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in model.state_dict().items():
-        array = tensor.detach().cpu().contiguous().numpy()
-        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
-        digest.update(array.tobytes())
     return digest.hexdigest()
 
 

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from trashlib.bench import machine_info
-from trashlib.candidate import assess_candidate, model_spec
-from trashlib.data import PrepareConfig
+from trashlib.candidate import assess_candidate
+from trashlib.data import PrepareConfig, PreparedData
 from trashlib.files import atomic_write_json
-from trashlib.models import build_model, model_preprocessing
+from trashlib.models import ModelSpec, build_model
+from trashlib.run import open_run
 from trashlib.train import TrainConfig, epochs_per_minute, train_model
-from trashlib.workbook import open_run
 
 # recipe: model, image size, epochs, pretrained, learning rate, batch size, augmentation strength
 RECIPES = {
@@ -29,19 +29,44 @@ RECIPES = {
 }
 
 
-def run_recipe(key: str, data, seed: int, threads: int, epochs_override: int | None = None) -> dict:
+def run_recipe(key: str, data: PreparedData, seed: int, threads: int, epochs_override: int | None = None) -> dict:
     name, size, epochs, pretrained, lr, batch_size, augment = RECIPES[key]
     epochs = epochs_override or epochs
-    norm = model_preprocessing(name)
+    spec = ModelSpec.create(name, data.classes, size)
     model = build_model(name, len(data.classes), size, pretrained=pretrained)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.05, image_size=size, augment=augment,
-                         mean=tuple(norm["mean"]), std=tuple(norm["std"]), seed=seed, threads=threads)
+    config = TrainConfig.for_spec(
+        spec,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=0.05,
+        augment=augment,
+        seed=seed,
+        threads=threads,
+    )
     result = train_model(model, data.split("train"), data.split("val"), config, progress=False)
-    record = assess_candidate(key, result.model, model_spec(name, data, size, norm), data, threads=threads)
-    keep = ("f1_test", "f1_public", "f1_private", "accuracy_test", "latency_b1_ms", "throughput_b32_ips",
-            "submit_s", "params", "macs", "score_published")
-    return {"recipe": key, "seed": seed, "epochs": epochs, "image_size": size, "best_val_f1": result.best_val_f1,
-            "epochs_per_min": epochs_per_minute(result.history), **{k: record[k] for k in keep}}
+    record = assess_candidate(key, result.model, spec, data, threads=threads)
+    keep = (
+        "f1_test",
+        "f1_public",
+        "f1_private",
+        "accuracy_test",
+        "latency_b1_ms",
+        "throughput_b32_ips",
+        "submit_s",
+        "params",
+        "macs",
+        "score_published",
+    )
+    return {
+        "recipe": key,
+        "seed": seed,
+        "epochs": epochs,
+        "image_size": size,
+        "best_val_f1": result.best_val_f1,
+        "epochs_per_min": epochs_per_minute(result.history),
+        **{k: record[k] for k in keep},
+    }
 
 
 def main() -> None:
@@ -51,8 +76,12 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=None, help="override every recipe's epoch budget")
-    parser.add_argument("--fit", default="stretch", choices=["pad", "stretch"],
-                        help="stretch suits whole-object photos (TrashNet); pad suits object crops (TACO)")
+    parser.add_argument(
+        "--fit",
+        default="stretch",
+        choices=["pad", "stretch"],
+        help="stretch suits whole-object photos (TrashNet); pad suits object crops (TACO)",
+    )
     args = parser.parse_args()
     data_name = Path(args.data).resolve().name
     run = open_run(Path("runs") / f"bench-{data_name}-{args.fit}")
@@ -62,8 +91,10 @@ def main() -> None:
         for seed in args.seeds:
             t0 = time.perf_counter()
             rows.append(run_recipe(key, data, seed, args.threads, args.epochs))
-            print(f"{key} seed {seed}: test macro-F1 {rows[-1]['f1_test']:.3f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"{key} seed {seed}: test macro-F1 {rows[-1]['f1_test']:.3f} ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     print(f"\n{data_name}: {len(data.rows)} crops, classes {data.classes}")
     print(f"{'recipe':30} {'F1 test':>8} {'public':>7} {'private':>7} {'ep/min':>7} {'b1 ms':>7} {'submit s':>9}")
     for key in args.recipes:
@@ -71,8 +102,10 @@ def main() -> None:
         f1s = [r["f1_test"] for r in mine]
         spread = f" ± {statistics.stdev(f1s):.3f}" if len(f1s) > 1 else ""
         m = mine[0]
-        print(f"{key:30} {statistics.mean(f1s):8.3f}{spread} {m['f1_public']:7.3f} {m['f1_private']:7.3f} "
-              f"{m['epochs_per_min']:7.1f} {m['latency_b1_ms']:7.2f} {m['submit_s']:9.2f}")
+        print(
+            f"{key:30} {statistics.mean(f1s):8.3f}{spread} {m['f1_public']:7.3f} {m['f1_private']:7.3f} "
+            f"{m['epochs_per_min']:7.1f} {m['latency_b1_ms']:7.2f} {m['submit_s']:9.2f}"
+        )
     suffix = f"-{args.epochs}ep" if args.epochs else ""
     out = Path("benchmarks/results") / f"baseline-{data_name}{suffix}.json"
     atomic_write_json(out, {"data": data_name, "rows": rows, "machine": machine_info()})

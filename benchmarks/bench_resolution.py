@@ -15,35 +15,31 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
-import yaml
+from torch import nn
 
 from trashlib.bench import count_macs, machine_info, runtime_table
-from trashlib.candidate import model_spec
-from trashlib.data import load_prepared
+from trashlib.data import PreparedData, load_prepared
 from trashlib.files import atomic_write_json
-from trashlib.models import build_model, load_model, model_preprocessing
+from trashlib.models import ModelSpec, build_model, load_model
 from trashlib.quantize import OrtModel, calibration_batches, export_onnx, quantize_onnx_int8
-from trashlib.train import TrainConfig, evaluate, seed_everything, train_model
+from trashlib.run import Run
+from trashlib.train import evaluate, seed_everything, teacher_config, train_model
 
 
-def macro_f1_on_test(model, spec: dict, data) -> float:
+def macro_f1_on_test(model: nn.Module, spec: ModelSpec, data: PreparedData) -> float:
     x, y = data.split("test")
-    return evaluate(model, x, y, data.classes, spec["image_size"],
-                    normalization={"mean": spec["mean"], "std": spec["std"]})["macro_f1"]
+    return evaluate(model, x, y, data.classes, spec.image_size, normalization=spec.normalization)["macro_f1"]
 
 
-def fine_tune(size: int, p: dict, data) -> tuple:
-    """EfficientNet-Lite0 from ImageNet at ``size`` px with notebook 01's teacher recipe ``p``."""
-    norm = model_preprocessing("efficientnet_lite0")
-    seed_everything(p.get("seed", 0))
-    model = build_model("efficientnet_lite0", len(data.classes), size, pretrained=True)
-    config = TrainConfig(epochs=p["teacher_epochs"], batch_size=p.get("batch_size", 32), lr=p.get("teacher_lr", 1e-3),
-                         weight_decay=p.get("weight_decay", 0.01), augment=p.get("augment", 0.3), image_size=size,
-                         mean=tuple(norm["mean"]), std=tuple(norm["std"]), seed=p.get("seed", 0),
-                         threads=p.get("threads", 2))
-    result = train_model(model, data.split("train"), data.split("val"), config, progress=False)
-    return result.model, model_spec("efficientnet_lite0", data, size, norm)
+def fine_tune(size: int, p: dict[str, Any], data: PreparedData) -> tuple[nn.Module, ModelSpec]:
+    """EfficientNet-Lite0 from ImageNet at ``size`` px with notebook 01's teacher recipe (its parameters ``p``)."""
+    spec = ModelSpec.create("efficientnet_lite0", data.classes, size)
+    seed_everything(p["seed"])
+    model = build_model(spec.name, spec.num_classes, size, pretrained=True)
+    result = train_model(model, data.split("train"), data.split("val"), teacher_config(spec, p), progress=False)
+    return result.model, spec
 
 
 def main() -> None:
@@ -54,38 +50,54 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     run_dir = Path(args.run)
+    run = Run(run_dir)
     data = load_prepared(run_dir / "data")
-    p = yaml.safe_load((run_dir / "params.yaml").read_text())["notebooks"]["01_baseline"]
-    baseline, b_spec = load_model(run_dir / "baseline" / "baseline" / "model.pt")
-    teacher, t_spec = load_model(run_dir / "baseline" / "teacher" / "model.pt")
+    p = run.notebook_params("01_baseline")
+    baseline, b_spec = load_model(run.model_path("baseline", "baseline"))
+    teacher, t_spec = load_model(run.model_path("baseline", "teacher"))
     models = [("teacher", teacher, t_spec)] + [(f"effnet-lite0@{s}", *fine_tune(s, p, data)) for s in args.sizes]
     train_x, _ = data.split("train")
-    table = {"baseline eager-fp32": (baseline, b_spec["image_size"], count_macs(baseline, b_spec["image_size"]), "fp32")}
+    table = {"baseline eager-fp32": (baseline, b_spec.image_size, count_macs(baseline, b_spec.image_size), "fp32")}
     f1 = {"baseline eager-fp32": macro_f1_on_test(baseline, b_spec, data)}
     with tempfile.TemporaryDirectory(prefix="trashlib-bench-res-") as tmp:
         base_onnx = OrtModel(export_onnx(baseline, b_spec, Path(tmp) / "baseline.onnx"), args.threads)
-        table["baseline onnx-fp32"] = (base_onnx, b_spec["image_size"], table["baseline eager-fp32"][2], "fp32")
+        table["baseline onnx-fp32"] = (base_onnx, b_spec.image_size, table["baseline eager-fp32"][2], "fp32")
         f1["baseline onnx-fp32"] = macro_f1_on_test(base_onnx, b_spec, data)
         for name, model, spec in models:
             fp32 = export_onnx(model, spec, Path(tmp) / f"{name}.onnx")
-            int8 = OrtModel(quantize_onnx_int8(fp32, Path(tmp) / f"{name}-int8.onnx",
-                                               calibration_batches(train_x[:256], spec)), args.threads)
+            int8 = OrtModel(
+                quantize_onnx_int8(fp32, Path(tmp) / f"{name}-int8.onnx", calibration_batches(train_x[:256], spec)),
+                args.threads,
+            )
             label = f"{name} onnx-int8"
-            table[label] = (int8, spec["image_size"], count_macs(model, spec["image_size"]), "int8")
+            table[label] = (int8, spec.image_size, count_macs(model, spec.image_size), "int8")
             f1[f"{name} fp32"], f1[label] = macro_f1_on_test(model, spec, data), macro_f1_on_test(int8, spec, data)
             print(f"{name}: test macro-F1 fp32 {f1[f'{name} fp32']:.3f}, onnx-int8 {f1[label]:.3f}", flush=True)
         rows = runtime_table(table, threads=args.threads, rounds=args.rounds)
     ort_b1 = next(r["b1_ms"] for r in rows if r["variant"] == "baseline onnx-fp32")
-    print(f"\n{'variant':30s} {'F1 test':>8s} {'MACs':>12s} {'b1 ms':>7s} {'x eager':>8s} {'x ORT fp32':>10s} "
-          f"{'b32 ms':>7s}")
+    print(
+        f"\n{'variant':30s} {'F1 test':>8s} {'MACs':>12s} {'b1 ms':>7s} {'x eager':>8s} {'x ORT fp32':>10s} "
+        f"{'b32 ms':>7s}"
+    )
     for r in rows:
         r["f1_test"], r["speedup_b1_vs_ort_fp32"] = f1[r["variant"]], ort_b1 / r["b1_ms"]
-        print(f"{r['variant']:30s} {r['f1_test']:8.3f} {r['macs']:12,d} {r['b1_ms']:7.3f} {r['speedup_b1']:8.2f} "
-              f"{r['speedup_b1_vs_ort_fp32']:10.2f} {r['b32_ms']:7.2f}")
+        print(
+            f"{r['variant']:30s} {r['f1_test']:8.3f} {r['macs']:12,d} {r['b1_ms']:7.3f} {r['speedup_b1']:8.2f} "
+            f"{r['speedup_b1_vs_ort_fp32']:10.2f} {r['b32_ms']:7.2f}"
+        )
     out = Path("benchmarks/results") / f"resolution-{run_dir.name}.json"
-    atomic_write_json(out, {"run": str(run_dir), "sizes": args.sizes, "recipe": p, "rows": rows,
-                            "fp32_f1": {k: v for k, v in f1.items() if k.endswith("fp32")},
-                            "machine": machine_info(), "threads": args.threads})
+    atomic_write_json(
+        out,
+        {
+            "run": str(run_dir),
+            "sizes": args.sizes,
+            "recipe": p,
+            "rows": rows,
+            "fp32_f1": {k: v for k, v in f1.items() if k.endswith("fp32")},
+            "machine": machine_info(),
+            "threads": args.threads,
+        },
+    )
     print(f"wrote {out}")
 
 

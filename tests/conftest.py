@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,9 +17,15 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 TACO_SAMPLE = SHARED_DATA / "taco-sample"
 TRASHNET = SHARED_DATA / "trashnet-256"
 
-COLOURS = {"Drink can": (200, 30, 30), "Normal paper": (240, 240, 230), "Drink carton": (30, 160, 30),
-           "Clear plastic bottle": (40, 80, 220), "Plastic film": (200, 200, 40), "Styrofoam piece": (250, 250, 250),
-           "Cigarette": (120, 80, 20)}
+COLOURS = {
+    "Drink can": (200, 30, 30),
+    "Normal paper": (240, 240, 230),
+    "Drink carton": (30, 160, 30),
+    "Clear plastic bottle": (40, 80, 220),
+    "Plastic film": (200, 200, 40),
+    "Styrofoam piece": (250, 250, 250),
+    "Cigarette": (120, 80, 20),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +41,12 @@ def needs(path: Path) -> pytest.MarkDecorator:
     return pytest.mark.skipif(not path.is_dir(), reason=f"real data not present at {path}")
 
 
-def solid_jpeg(path: Path, size: tuple[int, int] = (120, 90), colour: tuple[int, int, int] = (90, 90, 90),
-               boxes: list[tuple[tuple[int, int, int, int], tuple[int, int, int]]] = ()) -> Path:
+def solid_jpeg(
+    path: Path,
+    size: tuple[int, int] = (120, 90),
+    colour: tuple[int, int, int] = (90, 90, 90),
+    boxes: list[tuple[tuple[int, int, int, int], tuple[int, int, int]]] = (),
+) -> Path:
     """A JPEG with a background colour and filled rectangles (x0, y0, x1, y1) in given colours."""
     arr = np.zeros((size[1], size[0], 3), np.uint8)
     arr[:] = colour
@@ -61,19 +70,32 @@ def cat_id(name: str) -> int:
 def coco_factory(tmp_path: Path):
     """Builds a COCO folder: images as (file_name, size, [(category, bbox)]) and returns (root, doc)."""
 
-    def make(photos: list[tuple[str, tuple[int, int], list[tuple[str, list[float]]]]], root: Path | None = None,
-             write_images: bool = True) -> tuple[Path, dict[str, Any]]:
+    def make(
+        photos: list[tuple[str, tuple[int, int], list[tuple[str, list[float]]]]],
+        root: Path | None = None,
+        write_images: bool = True,
+    ) -> tuple[Path, dict[str, Any]]:
         root = root or tmp_path / "coco"
         images, anns = [], []
         for img_id, (fn, size, objects) in enumerate(photos):
-            boxes = [((int(b[0]), int(b[1]), int(b[0] + b[2]), int(b[1] + b[3])), COLOURS.get(c, (10, 10, 10)))
-                     for c, b in objects]
+            boxes = [
+                ((int(b[0]), int(b[1]), int(b[0] + b[2]), int(b[1] + b[3])), COLOURS.get(c, (10, 10, 10)))
+                for c, b in objects
+            ]
             if write_images:
                 solid_jpeg(root / fn, size, boxes=boxes)
             images.append({"id": img_id, "file_name": fn, "width": size[0], "height": size[1]})
             for c, b in objects:
-                anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat_id(c), "bbox": b,
-                             "area": b[2] * b[3], "iscrowd": 0})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": img_id,
+                        "category_id": cat_id(c),
+                        "bbox": b,
+                        "area": b[2] * b[3],
+                        "iscrowd": 0,
+                    }
+                )
         doc = {"images": images, "annotations": anns, "categories": taco_categories()}
         root.mkdir(parents=True, exist_ok=True)
         (root / "annotations.json").write_text(json.dumps(doc))
@@ -85,5 +107,11 @@ def coco_factory(tmp_path: Path):
 def six_class_photos(n: int = 24) -> list[tuple[str, tuple[int, int], list[tuple[str, list[float]]]]]:
     """n photos, each with two objects of one class (so stratification by photo is exact)."""
     cats = ["Drink can", "Normal paper", "Drink carton", "Clear plastic bottle", "Plastic film", "Styrofoam piece"]
-    return [(f"img/{i:03d}.jpg", (120, 90), [(cats[i % 6], [5.0, 5.0, 40.0, 30.0]), (cats[i % 6], [60.0, 40.0, 30.0, 40.0])])
-            for i in range(n)]
+    return [
+        (
+            f"img/{i:03d}.jpg",
+            (120, 90),
+            [(cats[i % 6], [5.0, 5.0, 40.0, 30.0]), (cats[i % 6], [60.0, 40.0, 30.0, 40.0])],
+        )
+        for i in range(n)
+    ]

@@ -23,10 +23,10 @@ from trashlib.bench import (
 )
 
 
-
 def tiny_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6)
+    )
 
 
 def busy(n: int) -> int:
@@ -68,8 +68,7 @@ def test_count_macs_matches_analytic_counts() -> None:
     conv = nn.Conv2d(3, 8, 3, padding=1)
     assert count_macs(conv, 16) == 8 * 16 * 16 * 3 * 3 * 3
     depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-    assert count_macs(nn.Sequential(nn.Conv2d(3, 8, 1), depthwise), 10) == \
-        8 * 10 * 10 * 3 + 8 * 10 * 10 * 9
+    assert count_macs(nn.Sequential(nn.Conv2d(3, 8, 1), depthwise), 10) == 8 * 10 * 10 * 3 + 8 * 10 * 10 * 9
     linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
     assert count_macs(linear, 4) == 48 * 10
 
@@ -82,8 +81,9 @@ def test_params_and_saved_size() -> None:
 
 
 def test_compare_latency_orders_fast_and_slow() -> None:
-    results = compare_latency({"fast": lambda: busy(300), "slow": lambda: busy(3000)},
-                              rounds=3, runs_per_round=4, warmup=1)
+    results = compare_latency(
+        {"fast": lambda: busy(300), "slow": lambda: busy(3000)}, rounds=3, runs_per_round=4, warmup=1
+    )
     assert list(results) == ["fast", "slow"]
     assert results["fast"]["ratio_vs_first"] == 1.0
     assert results["slow"]["ratio_vs_first"] > 1.0

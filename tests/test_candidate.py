@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import six_class_photos
-from trashlib.candidate import assess_candidate, check_above_chance, load_candidate, model_spec, save_candidate
+
+from trashlib.candidate import assess_candidate, check_above_chance, load_candidate, save_candidate
 from trashlib.data import PrepareConfig, prepare_dataset
-from trashlib.models import build_model, model_preprocessing
+from trashlib.models import ModelSpec, build_model
+from trashlib.run import open_run
 from trashlib.score import score_candidate
 from trashlib.train import predict_logits
-from trashlib.workbook import open_run
 
 
 @pytest.fixture
@@ -23,9 +23,9 @@ def tiny(coco_factory, tmp_path):
 
 def test_assess_save_and_reload_a_candidate(tiny, tmp_path):
     torch.manual_seed(0)
-    norm = model_preprocessing("mnasnet0_5")
     model = build_model("mnasnet0_5", len(tiny.classes), 32)
-    spec = model_spec("mnasnet0_5", tiny, 32, norm)
+    spec = ModelSpec.create("mnasnet0_5", tiny.classes, 32)
+    norm = spec.normalization
     rec = assess_candidate("baseline", model, spec, tiny, threads=1, latency_runs=3)
     n_test = len(tiny.split("test")[1])
     assert rec["submit_n"] == n_test and rec["submit_agrees_with_cache"]
@@ -33,16 +33,19 @@ def test_assess_save_and_reload_a_candidate(tiny, tmp_path):
     assert rec["latency_b1_ms"] > 0 and rec["macs"] > 0 and rec["params"] == sum(p.numel() for p in model.parameters())
     assert rec["score_relative"] is None and rec["score_published"] > 0.5
     other = assess_candidate("other", model, spec, tiny, threads=1, baseline=rec, latency_runs=3)
-    assert other["score_relative"] == pytest.approx(score_candidate(
-        other["f1_test"], other["submit_s"], rec["f1_test"], rec["submit_s"])["score_relative"])
+    assert other["score_relative"] == pytest.approx(
+        score_candidate(other["f1_test"], other["submit_s"], rec["f1_test"], rec["submit_s"])["score_relative"]
+    )
 
     run = open_run(tmp_path / "run")
-    save_candidate(run, "baseline", rec, model, spec, {"epochs": 0})
+    save_candidate(run, "baseline", rec, model, spec, params={"epochs": 0})
     loaded, loaded_spec, metrics = load_candidate(run, "baseline", "baseline")
     x = tiny.split("test")[0]
-    np.testing.assert_array_equal(predict_logits(model, x, 32, normalization=norm),
-                                  predict_logits(loaded, x, 32, normalization=norm))
-    assert loaded_spec["class_names"] == tiny.classes and metrics["f1_test"] == rec["f1_test"]
+    np.testing.assert_array_equal(
+        predict_logits(model, x, 32, normalization=norm), predict_logits(loaded, x, 32, normalization=norm)
+    )
+    assert list(loaded_spec.class_names) == tiny.classes and metrics["f1_test"] == rec["f1_test"]
+    assert loaded_spec == spec
     assert load_candidate(run, "baseline", "missing") is None
 
 

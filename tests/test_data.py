@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TACO_SAMPLE, TRASHNET, needs, six_class_photos, solid_jpeg
 from PIL import Image
 
-from conftest import TACO_SAMPLE, TRASHNET, needs, six_class_photos, solid_jpeg
 from trashlib.data import (
     DataError,
     PrepareConfig,
@@ -26,16 +26,66 @@ from trashlib.data import (
 )
 
 TACO_NAMES = [
-    "Aluminium foil", "Battery", "Aluminium blister pack", "Carded blister pack", "Other plastic bottle",
-    "Clear plastic bottle", "Glass bottle", "Plastic bottle cap", "Metal bottle cap", "Broken glass", "Food Can",
-    "Aerosol", "Drink can", "Toilet tube", "Other carton", "Egg carton", "Drink carton", "Corrugated carton",
-    "Meal carton", "Pizza box", "Paper cup", "Disposable plastic cup", "Foam cup", "Glass cup", "Other plastic cup",
-    "Food waste", "Glass jar", "Plastic lid", "Metal lid", "Other plastic", "Magazine paper", "Tissues",
-    "Wrapping paper", "Normal paper", "Paper bag", "Plastified paper bag", "Plastic film", "Six pack rings",
-    "Garbage bag", "Other plastic wrapper", "Single-use carrier bag", "Polypropylene bag", "Crisp packet",
-    "Spread tub", "Tupperware", "Disposable food container", "Foam food container", "Other plastic container",
-    "Plastic glooves", "Plastic utensils", "Pop tab", "Rope & strings", "Scrap metal", "Shoe", "Squeezable tube",
-    "Plastic straw", "Paper straw", "Styrofoam piece", "Unlabeled litter", "Cigarette",
+    "Aluminium foil",
+    "Battery",
+    "Aluminium blister pack",
+    "Carded blister pack",
+    "Other plastic bottle",
+    "Clear plastic bottle",
+    "Glass bottle",
+    "Plastic bottle cap",
+    "Metal bottle cap",
+    "Broken glass",
+    "Food Can",
+    "Aerosol",
+    "Drink can",
+    "Toilet tube",
+    "Other carton",
+    "Egg carton",
+    "Drink carton",
+    "Corrugated carton",
+    "Meal carton",
+    "Pizza box",
+    "Paper cup",
+    "Disposable plastic cup",
+    "Foam cup",
+    "Glass cup",
+    "Other plastic cup",
+    "Food waste",
+    "Glass jar",
+    "Plastic lid",
+    "Metal lid",
+    "Other plastic",
+    "Magazine paper",
+    "Tissues",
+    "Wrapping paper",
+    "Normal paper",
+    "Paper bag",
+    "Plastified paper bag",
+    "Plastic film",
+    "Six pack rings",
+    "Garbage bag",
+    "Other plastic wrapper",
+    "Single-use carrier bag",
+    "Polypropylene bag",
+    "Crisp packet",
+    "Spread tub",
+    "Tupperware",
+    "Disposable food container",
+    "Foam food container",
+    "Other plastic container",
+    "Plastic glooves",
+    "Plastic utensils",
+    "Pop tab",
+    "Rope & strings",
+    "Scrap metal",
+    "Shoe",
+    "Squeezable tube",
+    "Plastic straw",
+    "Paper straw",
+    "Styrofoam piece",
+    "Unlabeled litter",
+    "Cigarette",
 ]
 SIX = ("Metal", "Paper", "Paperpack", "Plastic", "Plasticbag", "Styrofoam")
 
@@ -45,6 +95,7 @@ def skipped_fields(d) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------- mapping
+
 
 def test_taco_mapping_covers_exactly_tacos_categories():
     m = load_mapping("taco")
@@ -68,8 +119,20 @@ def test_taco_mapping_matches_the_real_annotation_file():
 
 def test_recycle10_mapping():
     m = load_mapping("recycle10")
-    assert sorted(m.table) == sorted(["General trash", "Paper", "Paper pack", "Metal", "Glass", "Plastic",
-                                      "Styrofoam", "Plastic bag", "Battery", "Clothing"])
+    assert sorted(m.table) == sorted(
+        [
+            "General trash",
+            "Paper",
+            "Paper pack",
+            "Metal",
+            "Glass",
+            "Plastic",
+            "Styrofoam",
+            "Plastic bag",
+            "Battery",
+            "Clothing",
+        ]
+    )
     assert m.table["Paper pack"] == "Paperpack" and m.table["Plastic bag"] == "Plasticbag"
     assert m.table["Glass"] is None and m.table["Clothing"] is None
 
@@ -99,6 +162,7 @@ def test_coco_category_missing_from_mapping_names_it(coco_factory):
 
 # --------------------------------------------------------------------------- formats, crops, cache
 
+
 def test_detect_format(tmp_path, coco_factory):
     root, _ = coco_factory(six_class_photos(2))
     assert detect_format(root) == "coco" and detect_format(root / "annotations.json") == "coco"
@@ -112,9 +176,19 @@ def test_detect_format(tmp_path, coco_factory):
 
 
 def test_coco_crops_are_square_clipped_and_coloured(coco_factory, tmp_path):
-    root, _ = coco_factory([("a.jpg", (120, 90), [("Drink can", [10.0, 20.0, 40.0, 20.0]),
-                                                    ("Plastic film", [100.0, 70.0, 40.0, 40.0]),
-                                                    ("Cigarette", [0.0, 0.0, 5.0, 5.0])])])
+    root, _ = coco_factory(
+        [
+            (
+                "a.jpg",
+                (120, 90),
+                [
+                    ("Drink can", [10.0, 20.0, 40.0, 20.0]),
+                    ("Plastic film", [100.0, 70.0, 40.0, 40.0]),
+                    ("Cigarette", [0.0, 0.0, 5.0, 5.0]),
+                ],
+            )
+        ]
+    )
     d = prepare_dataset(root, tmp_path / "out", PrepareConfig(margin=0.0, cache_side=32), progress=False)
     assert len(d.rows) == 2  # the cigarette is excluded by the mapping
     assert d.report["excluded_category_counts"] == {"Cigarette": 1}
@@ -149,10 +223,10 @@ def test_exif_orientation_is_applied_before_cropping(tmp_path, coco_factory):
     img = Image.fromarray(arr)
     exif = Image.Exif()
     exif[0x0112] = 6
-    root, doc = coco_factory([("r.jpg", (40, 60), [("Drink can", [0.0, 0.0, 40.0, 30.0])])], write_images=False)
+    root, _doc = coco_factory([("r.jpg", (40, 60), [("Drink can", [0.0, 0.0, 40.0, 30.0])])], write_images=False)
     img.save(root / "r.jpg", exif=exif, quality=95)
     d = prepare_dataset(root, tmp_path / "out", PrepareConfig(margin=0.0, cache_side=16), progress=False)
-    r, g, b = d.crops[0][8, 8].astype(int)
+    r, _g, b = d.crops[0][8, 8].astype(int)
     assert r > 150 and b < 100, "EXIF orientation was not applied before cropping"
     assert d.rows[0]["src_width"] == "40" and d.rows[0]["src_height"] == "60"
 
@@ -188,6 +262,7 @@ def test_prepared_cache_is_reused_and_loadable(coco_factory, tmp_path):
 
 
 # --------------------------------------------------------------------------- splits and manifest
+
 
 def test_splits_keep_photos_whole_and_are_deterministic(coco_factory, tmp_path):
     root, _ = coco_factory(six_class_photos(60))
@@ -228,13 +303,14 @@ def test_manifest_records_sha256_and_a_changed_source_is_reported(coco_factory, 
 
 # --------------------------------------------------------------------------- bad inputs: skipped and listed
 
+
 def test_missing_truncated_and_non_image_files_are_skipped_and_listed(coco_factory, tmp_path):
     photos = six_class_photos(6)
     root, _ = coco_factory(photos)
-    (root / "img/000.jpg").unlink()                                      # missing
+    (root / "img/000.jpg").unlink()  # missing
     data = (root / "img/001.jpg").read_bytes()
-    (root / "img/001.jpg").write_bytes(data[: len(data) // 2])           # truncated JPEG
-    (root / "img/002.jpg").write_text("this is not an image")            # non-image file
+    (root / "img/001.jpg").write_bytes(data[: len(data) // 2])  # truncated JPEG
+    (root / "img/002.jpg").write_text("this is not an image")  # non-image file
     d = prepare_dataset(root, tmp_path / "out", progress=False)
     reasons = {s["file"]: s["reason"] for s in d.report["skipped"]}
     assert "missing" in reasons["img/000.jpg"]
@@ -244,15 +320,18 @@ def test_missing_truncated_and_non_image_files_are_skipped_and_listed(coco_facto
     assert {r["source"] for r in d.rows} == {"img/003.jpg", "img/004.jpg", "img/005.jpg"}
 
 
-@pytest.mark.parametrize("bbox, reason", [
-    ([500.0, 500.0, 10.0, 10.0], "outside"),
-    ([10.0, 10.0, 0.0, 5.0], "zero or negative"),
-    ([10.0, 10.0, -4.0, 5.0], "zero or negative"),
-    ([float("nan"), 10.0, 5.0, 5.0], "finite"),
-    ([1e309, 10.0, 5.0, 5.0], "finite"),
-    ([10.0, 10.0, 5.0], "four"),
-    ("10,10,5,5", "four"),
-])
+@pytest.mark.parametrize(
+    "bbox, reason",
+    [
+        ([500.0, 500.0, 10.0, 10.0], "outside"),
+        ([10.0, 10.0, 0.0, 5.0], "zero or negative"),
+        ([10.0, 10.0, -4.0, 5.0], "zero or negative"),
+        ([float("nan"), 10.0, 5.0, 5.0], "finite"),
+        ([1e309, 10.0, 5.0, 5.0], "finite"),
+        ([10.0, 10.0, 5.0], "four"),
+        ("10,10,5,5", "four"),
+    ],
+)
 def test_bad_bboxes_are_skipped(coco_factory, tmp_path, bbox, reason):
     root, doc = coco_factory(six_class_photos(6))
     doc["annotations"][0]["bbox"] = bbox
@@ -308,7 +387,7 @@ def test_file_names_that_leave_the_root_are_refused(coco_factory, tmp_path, file
 
 def test_symlink_out_of_the_root_is_refused(coco_factory, tmp_path):
     outside = solid_jpeg(tmp_path / "secret.jpg")
-    root, doc = coco_factory(six_class_photos(6))
+    root, _doc = coco_factory(six_class_photos(6))
     (root / "img/000.jpg").unlink()
     os.symlink(outside, root / "img/000.jpg")
     d = prepare_dataset(root, tmp_path / "out", progress=False)
@@ -363,13 +442,17 @@ def test_empty_classes_are_reported(coco_factory, tmp_path):
 
 def test_prepare_config_is_validated(coco_factory, tmp_path):
     root, _ = coco_factory(six_class_photos(2))
-    for cfg, name in ((PrepareConfig(margin=-1), "margin"), (PrepareConfig(cache_side=4), "cache_side"),
-                      (PrepareConfig(max_pixels=0), "max_pixels")):
+    for cfg, name in (
+        (PrepareConfig(margin=-1), "margin"),
+        (PrepareConfig(cache_side=4), "cache_side"),
+        (PrepareConfig(max_pixels=0), "max_pixels"),
+    ):
         with pytest.raises(DataError, match=name):
             prepare_dataset(root, tmp_path / "out", cfg, progress=False)
 
 
 # --------------------------------------------------------------------------- real data
+
 
 @needs(TACO_SAMPLE)
 def test_taco_sample_prepares_and_matches_the_committed_manifest(tmp_path):

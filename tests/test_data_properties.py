@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import solid_jpeg, taco_categories
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import solid_jpeg, taco_categories
 from trashlib.data import (
     DataError,
     DataReport,
@@ -37,14 +37,37 @@ HIGH_SURROGATE = chr(0xD800) + ".jpg"  # a lone surrogate escape in JSON: no fil
 ESCAPED_BYTE = chr(0xDC80) + ".jpg"  # how Python spells an undecodable byte: fine for the OS, not UTF-8
 
 # file names that decode to an image inside the root, with their sizes
-VALID = {"a.jpg": (120, 90), "img/b.png": (64, 64), "ünï/ملف😀\u202egpj.jpg": (50, 40), "./a.jpg": (120, 90),
-         "img/../a.jpg": (120, 90)}
+VALID = {
+    "a.jpg": (120, 90),
+    "img/b.png": (64, 64),
+    "ünï/ملف😀\u202egpj.jpg": (50, 40),
+    "./a.jpg": (120, 90),
+    "img/../a.jpg": (120, 90),
+}
 # file names that must never produce a sample: out of the root (real images lie there), bad names, bad files
-INVALID = ["../outside.jpg", "link/x.jpg", "/etc/passwd", "a\x00b.jpg", "x" * 300 + ".jpg", "y/" * 3000 + "z.jpg",
-           "missing.jpg", "notimage.jpg", "truncated.jpg", HIGH_SURROGATE, ESCAPED_BYTE, "C:\\evil.jpg", "img", ".",
-           "img/../../outside.jpg", "\\\\server\\share\\a.jpg"]
+INVALID = [
+    "../outside.jpg",
+    "link/x.jpg",
+    "/etc/passwd",
+    "a\x00b.jpg",
+    "x" * 300 + ".jpg",
+    "y/" * 3000 + "z.jpg",
+    "missing.jpg",
+    "notimage.jpg",
+    "truncated.jpg",
+    HIGH_SURROGATE,
+    ESCAPED_BYTE,
+    "C:\\evil.jpg",
+    "img",
+    ".",
+    "img/../../outside.jpg",
+    "\\\\server\\share\\a.jpg",
+]
 SETTINGS: dict[str, Any] = {
-    "deadline": None, "derandomize": True, "database": None, "print_blob": False,
+    "deadline": None,
+    "derandomize": True,
+    "database": None,
+    "print_blob": False,
     # `source` is module-scoped; the autouse one_thread fixture needs no reset between examples
     "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 }
@@ -72,14 +95,35 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # --------------------------------------------------------------------------- strategies
 
-NASTY_NUMBERS = st.sampled_from([0, -1, 1, 1e308, -1e308, 1.7976931348623157e308, 2**64, -(2**64), 2**63 - 1,
-                                 10**400, -(10**400), math.nan, math.inf, -math.inf, 5e-324, -0.0, 0.5])
+NASTY_NUMBERS = st.sampled_from(
+    [
+        0,
+        -1,
+        1,
+        1e308,
+        -1e308,
+        1.7976931348623157e308,
+        2**64,
+        -(2**64),
+        2**63 - 1,
+        10**400,
+        -(10**400),
+        math.nan,
+        math.inf,
+        -math.inf,
+        5e-324,
+        -0.0,
+        0.5,
+    ]
+)
 NUMBERS = NASTY_NUMBERS | st.integers() | st.floats()
 NAMES = st.sampled_from(list(VALID) + INVALID) | st.text(max_size=30)
 SCALARS = st.none() | st.booleans() | NUMBERS | NAMES
-JUNK = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                            max_size=4),
-                    max_leaves=8)
+JUNK = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=8,
+)
 
 
 @st.composite
@@ -110,40 +154,66 @@ def chaos_doc(draw: st.DrawFn) -> Any:
         if rarely(draw):
             images.append(draw(JUNK))
             continue
-        image_id = (st.integers(0, max(0, i - 1)) | st.sampled_from([2**64, -(2**64), 10**30])  # duplicates, huge
-                    if rarely(draw) else st.just(i))
+        image_id = (
+            st.integers(0, max(0, i - 1)) | st.sampled_from([2**64, -(2**64), 10**30])  # duplicates, huge
+            if rarely(draw)
+            else st.just(i)
+        )
         name = draw(st.sampled_from(list(VALID)) if draw(st.sampled_from([True, True, False])) else NAMES)
         size = VALID.get(name, (120, 90)) if isinstance(name, str) else (120, 90)
-        images.append(record(id=draw(field(image_id)), file_name=draw(field(st.just(name))),
-                             width=draw(field(st.just(size[0]) | NUMBERS)),
-                             height=draw(field(st.just(size[1]) | NUMBERS))))
+        images.append(
+            record(
+                id=draw(field(image_id)),
+                file_name=draw(field(st.just(name))),
+                width=draw(field(st.just(size[0]) | NUMBERS)),
+                height=draw(field(st.just(size[1]) | NUMBERS)),
+            )
+        )
     annotations: list[Any] = []
     for j in range(draw(st.sampled_from([2, 3, 4, 5, 6, 7, 8, 0, 1]))):
         if rarely(draw):
             annotations.append(draw(JUNK))
             continue
-        bbox = (st.tuples(st.floats(0, 60), st.floats(0, 40), st.floats(1, 60), st.floats(1, 50)).map(list)
-                if not rarely(draw) else st.lists(NUMBERS, max_size=6))
+        bbox = (
+            st.tuples(st.floats(0, 60), st.floats(0, 40), st.floats(1, 60), st.floats(1, 50)).map(list)
+            if not rarely(draw)
+            else st.lists(NUMBERS, max_size=6)
+        )
         ann_id = st.integers(0, 8) | st.sampled_from([2**64, 10**400]) if rarely(draw) else st.just(100 + j)
-        annotations.append(record(id=draw(field(ann_id)),
-                                  image_id=draw(field(st.sampled_from(list(range(n_images)) or [0]) if not rarely(draw)
-                                                      else st.sampled_from([-1, n_images, 2**64]))),
-                                  category_id=draw(field(st.sampled_from(MAPPED) if not rarely(draw)
-                                                         else st.sampled_from(EXCLUDED + [999]))),
-                                  bbox=draw(field(bbox)), area=draw(field(NUMBERS)), segmentation=draw(JUNK)))
+        annotations.append(
+            record(
+                id=draw(field(ann_id)),
+                image_id=draw(
+                    field(
+                        st.sampled_from(list(range(n_images)) or [0])
+                        if not rarely(draw)
+                        else st.sampled_from([-1, n_images, 2**64])
+                    )
+                ),
+                category_id=draw(
+                    field(st.sampled_from(MAPPED) if not rarely(draw) else st.sampled_from([*EXCLUDED, 999]))
+                ),
+                bbox=draw(field(bbox)),
+                area=draw(field(NUMBERS)),
+                segmentation=draw(JUNK),
+            )
+        )
     categories: Any = list(CATS)
     mutation = draw(st.sampled_from(["none"] * 16 + ["junk", "extra", "dup", "empty"]))
     if mutation == "junk":
         categories = draw(JUNK)
     elif mutation == "extra":
-        categories = categories + [draw(JUNK)]
+        categories = [*categories, draw(JUNK)]
     elif mutation == "dup":
-        categories = categories + [dict(CATS[0])]
+        categories = [*categories, dict(CATS[0])]
     elif mutation == "empty":
         categories = []
-    doc = record(images=draw(JUNK | st.just(MISSING)) if rarely(draw) else images,
-                 annotations=draw(JUNK | st.just(MISSING)) if rarely(draw) else annotations,
-                 categories=categories, info=draw(JUNK))
+    doc = record(
+        images=draw(JUNK | st.just(MISSING)) if rarely(draw) else images,
+        annotations=draw(JUNK | st.just(MISSING)) if rarely(draw) else annotations,
+        categories=categories,
+        info=draw(JUNK),
+    )
     return draw(JUNK) if rarely(draw) and rarely(draw) else doc  # a top level that is not an object
 
 
@@ -159,16 +229,30 @@ def mixed_doc(draw: st.DrawFn) -> tuple[dict[str, Any], set[tuple[str, int]], se
         w, h = VALID.get(name, (120, 90))
         width = draw(st.just(w) | NASTY_NUMBERS | st.none() | st.just("120"))  # a wrong size only warns
         images.append(record(id=i, file_name=name, width=width, height=h))
-    images += draw(st.lists(JUNK.filter(lambda v: not isinstance(v, dict)) | st.builds(dict, id=st.text(max_size=3)),
-                            max_size=3))  # skipped image records
+    images += draw(
+        st.lists(JUNK.filter(lambda v: not isinstance(v, dict)) | st.builds(dict, id=st.text(max_size=3)), max_size=3)
+    )  # skipped image records
     valid_ids = [i for i, n in enumerate(names) if n in VALID]
     invalid_ids = [i for i, n in enumerate(names) if n not in VALID]
     annotations: list[Any] = []
     registered: list[Any] = []  # ids read_coco has seen, in order
     expected: set[tuple[str, int]] = set()
     refused: set[str] = set()
-    kinds = ["valid", "valid", "valid", "excluded", "bad_image", "unknown_image", "bad_category", "bad_bbox",
-             "empty_bbox", "outside_bbox", "bad_id", "dup_id", "not_a_dict"]
+    kinds = [
+        "valid",
+        "valid",
+        "valid",
+        "excluded",
+        "bad_image",
+        "unknown_image",
+        "bad_category",
+        "bad_bbox",
+        "empty_bbox",
+        "outside_bbox",
+        "bad_id",
+        "dup_id",
+        "not_a_dict",
+    ]
     for j in range(draw(st.sampled_from([6, 8, 10, 12, 1, 2, 3, 4]))):
         kind = draw(st.sampled_from(kinds))
         if kind == "dup_id" and not registered:
@@ -193,7 +277,7 @@ def mixed_doc(draw: st.DrawFn) -> tuple[dict[str, Any], set[tuple[str, int]], se
             if draw(st.booleans()):
                 bbox[draw(st.integers(0, 3))] = bad
             else:
-                bbox = draw(st.sampled_from([bbox[:3], bbox + [1], [], "0,0,1,1", None, bad]))
+                bbox = draw(st.sampled_from([bbox[:3], [*bbox, 1], [], "0,0,1,1", None, bad]))
         elif kind == "empty_bbox":
             bbox[draw(st.integers(2, 3))] = draw(st.sampled_from([0, -1, -1e308, -(2**64), -0.0]))
         elif kind == "outside_bbox":
@@ -220,8 +304,10 @@ RAW = st.one_of(
     st.binary(max_size=200),
     st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
     st.builds(lambda n: b"[" * n + b"]" * n, st.integers(500, 200_000)),  # nesting deeper than the parser allows
-    st.builds(lambda n: b'{"images": [], "annotations": [], "categories": [], "n": ' + b"9" * n + b"}",
-              st.integers(4000, 5000)),  # an integer longer than Python converts
+    st.builds(
+        lambda n: b'{"images": [], "annotations": [], "categories": [], "n": ' + b"9" * n + b"}",
+        st.integers(4000, 5000),
+    ),  # an integer longer than Python converts
     st.builds(lambda d, cut: json.dumps(d, allow_nan=True).encode()[:cut], chaos_doc(), st.integers(0, 400)),
     st.builds(lambda d: b"\xef\xbb\xbf" + json.dumps(d).encode(), chaos_doc()),  # UTF-8 BOM
     st.builds(lambda d: json.dumps(d, ensure_ascii=False).encode("utf-16", "surrogatepass"), chaos_doc()),
@@ -229,6 +315,7 @@ RAW = st.one_of(
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def write_doc(root: Path, doc: Any) -> Path:
     path = root / "annotations.json"
@@ -260,6 +347,7 @@ def check_prepared(data: Any, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- properties
+
 
 @settings(max_examples=300, **SETTINGS)
 @given(doc=chaos_doc())
@@ -310,8 +398,10 @@ def test_valid_annotations_survive_and_invalid_ones_are_reported(source: Path, c
     write_doc(source, doc)
     data = prepare(source)
     assert not isinstance(data, DataError), data
-    event(f"mixed: {min(len(expected), 5)}{'+' if len(expected) >= 5 else ''} valid, "
-          f"{'some' if refused else 'no'} refused photos")
+    event(
+        f"mixed: {min(len(expected), 5)}{'+' if len(expected) >= 5 else ''} valid, "
+        f"{'some' if refused else 'no'} refused photos"
+    )
     assert len(data.rows) == len(expected)
     assert {(r["source"], int(r["ann_id"])) for r in data.rows} == expected
     reported = {s["file"] for s in data.report["skipped"] if s["field"] == "file_name"}
@@ -323,14 +413,19 @@ def test_valid_annotations_survive_and_invalid_ones_are_reported(source: Path, c
 
 # --------------------------------------------------------------------------- inputs that once crashed
 
-@pytest.mark.parametrize("change, rows", [
-    ({"bbox": [0, 0, 10**400, 5]}, 0),  # OverflowError in math.isfinite; now a skipped bbox
-    ({"width": 10**400}, 1),  # the same in the declared size; now ignored like any unusable size
-    (b'{"images": [], "annotations": [], "categories": [], "n": ' + b"1" * 5000 + b"}", None),  # ValueError
-    (b"[" * 100_000 + b"]" * 100_000, None),  # RecursionError
-    ({"file_name": HIGH_SURROGATE}, 0),  # UnicodeEncodeError in safe_path's resolve; now a skipped record
-    ({"file_name": ESCAPED_BYTE}, 0),  # UnicodeEncodeError hashing the list of sources; now a skipped record
-], ids=["huge-int-bbox", "huge-int-width", "5000-digit-int", "deep-nesting", "lone-surrogate", "escaped-byte"])
+
+@pytest.mark.parametrize(
+    "change, rows",
+    [
+        ({"bbox": [0, 0, 10**400, 5]}, 0),  # OverflowError in math.isfinite; now a skipped bbox
+        ({"width": 10**400}, 1),  # the same in the declared size; now ignored like any unusable size
+        (b'{"images": [], "annotations": [], "categories": [], "n": ' + b"1" * 5000 + b"}", None),  # ValueError
+        (b"[" * 100_000 + b"]" * 100_000, None),  # RecursionError
+        ({"file_name": HIGH_SURROGATE}, 0),  # UnicodeEncodeError in safe_path's resolve; now a skipped record
+        ({"file_name": ESCAPED_BYTE}, 0),  # UnicodeEncodeError hashing the list of sources; now a skipped record
+    ],
+    ids=["huge-int-bbox", "huge-int-width", "5000-digit-int", "deep-nesting", "lone-surrogate", "escaped-byte"],
+)
 def test_inputs_that_once_crashed(source: Path, change: Any, rows: int | None) -> None:
     """None: a DataError is expected; a number: the rows a clean result has."""
     if isinstance(change, bytes):

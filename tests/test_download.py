@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -15,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import solid_jpeg
 from PIL import Image
 
-from conftest import solid_jpeg
 from trashlib.cli import main
 from trashlib.download import (
     ANNOTATIONS_NAME,
@@ -34,8 +35,7 @@ FAST = {"backoff": 0.01, "timeout": TIMEOUT, "workers": 3}
 # name -> fault injected for /img/<name>; every name also has a real JPEG (or PNG) behind it
 GOOD = ("ok1.jpg", "ok2.jpg", "ok3.png", "slow.jpg")
 TRANSIENT = ("flaky500.jpg", "timeout.jpg", "truncated.jpg")  # fail at first, then serve fine
-PERMANENT = {"wrongtype.jpg": "wrong content type", "notimage.jpg": "not a decodable image",
-             "missing.jpg": "HTTP 404"}
+PERMANENT = {"wrongtype.jpg": "wrong content type", "notimage.jpg": "not a decodable image", "missing.jpg": "HTTP 404"}
 
 
 class FaultServer:
@@ -85,10 +85,8 @@ def make_handler(state: FaultServer) -> type[BaseHTTPRequestHandler]:
             with state.lock:
                 state.counts[self.path] += 1
                 n = state.counts[self.path]
-            try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                 self.route(self.path, n)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (timeout test)
 
         def route(self, path: str, n: int) -> None:
             if path == "/ann-500":
@@ -130,7 +128,7 @@ def make_handler(state: FaultServer) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 for i in range(0, len(body), 400):
                     time.sleep(TIMEOUT / 4)
-                    self.wfile.write(body[i:i + 400])
+                    self.wfile.write(body[i : i + 400])
                     self.wfile.flush()
                 return None
             return self.send(200, body, ctype)
@@ -163,8 +161,14 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultSer
 
 
 def record(server: FaultServer, i: int, name: str, file_name: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"id": i, "file_name": file_name or f"batch_1/{name}", "width": 64, "height": 48,
-            "flickr_url": server.url(f"/img/{name}"), **extra}
+    return {
+        "id": i,
+        "file_name": file_name or f"batch_1/{name}",
+        "width": 64,
+        "height": 48,
+        "flickr_url": server.url(f"/img/{name}"),
+        **extra,
+    }
 
 
 def all_records(server: FaultServer) -> list[dict[str, Any]]:
@@ -217,7 +221,7 @@ def test_faults_are_retried_reported_and_never_half_written(server: FaultServer,
     assert server.count("/img/flaky500.jpg") == 3
     assert server.count("/img/timeout.jpg") == 2
     assert server.count("/img/truncated.jpg") == 2
-    for name in GOOD + ("wrongtype.jpg", "notimage.jpg", "missing.jpg"):
+    for name in (*GOOD, "wrongtype.jpg", "notimage.jpg", "missing.jpg"):
         assert server.count(f"/img/{name}") == 1, name
 
 
@@ -274,18 +278,31 @@ def test_paths_out_of_the_folder_and_other_schemes_are_refused(server: FaultServ
     outside.mkdir()
     out.mkdir()
     (out / "link").symlink_to(outside, target_is_directory=True)
-    unsafe = ["../evil.jpg", "/abs_trashlib_test.jpg", "batch_1/../../evil2.jpg", "link/x.jpg", "a\x00b.jpg",
-              "", REPORT_NAME, ".", chr(0xD800) + ".jpg", chr(0xDC80) + ".jpg"]  # lone surrogates: bad JSON escapes
-    records: list[Any] = [{"id": i, "file_name": fn, "flickr_url": server.url(f"/img/ok1.jpg?unsafe={i}")}
-                          for i, fn in enumerate(unsafe)]
-    records += [{"id": 50, "file_name": "batch_1/f.jpg", "flickr_url": "file:///etc/passwd"},
-                {"id": 51, "file_name": "batch_1/g.jpg", "flickr_url": "ftp://127.0.0.1/ok1.jpg"},
-                {"id": 52, "file_name": "batch_1/r.jpg", "flickr_url": server.url("/redirect-ftp")},
-                {"id": 53, "file_name": "batch_1/n.jpg"},
-                {"id": 54, "file_name": 7, "flickr_url": server.url("/img/ok1.jpg?unsafe=54")},
-                "not a record",
-                record(server, 60, "ok1.jpg"),
-                record(server, 61, "ok2.jpg", file_name="batch_1/ok1.jpg")]  # duplicate file_name
+    unsafe = [
+        "../evil.jpg",
+        "/abs_trashlib_test.jpg",
+        "batch_1/../../evil2.jpg",
+        "link/x.jpg",
+        "a\x00b.jpg",
+        "",
+        REPORT_NAME,
+        ".",
+        chr(0xD800) + ".jpg",
+        chr(0xDC80) + ".jpg",
+    ]  # lone surrogates: bad JSON escapes
+    records: list[Any] = [
+        {"id": i, "file_name": fn, "flickr_url": server.url(f"/img/ok1.jpg?unsafe={i}")} for i, fn in enumerate(unsafe)
+    ]
+    records += [
+        {"id": 50, "file_name": "batch_1/f.jpg", "flickr_url": "file:///etc/passwd"},
+        {"id": 51, "file_name": "batch_1/g.jpg", "flickr_url": "ftp://127.0.0.1/ok1.jpg"},
+        {"id": 52, "file_name": "batch_1/r.jpg", "flickr_url": server.url("/redirect-ftp")},
+        {"id": 53, "file_name": "batch_1/n.jpg"},
+        {"id": 54, "file_name": 7, "flickr_url": server.url("/img/ok1.jpg?unsafe=54")},
+        "not a record",
+        record(server, 60, "ok1.jpg"),
+        record(server, 61, "ok2.jpg", file_name="batch_1/ok1.jpg"),
+    ]  # duplicate file_name
     summary = download_taco(out, server.annotations(records), retries=1, **FAST)
 
     assert (summary.downloaded, summary.failed) == (1, len(records) - 1)
@@ -308,10 +325,18 @@ def test_paths_out_of_the_folder_and_other_schemes_are_refused(server: FaultServ
     assert leftovers(out) == []
 
 
-@pytest.mark.parametrize("path, message", [("/ann-500", "HTTP 500"), ("/ann-bad", "not valid JSON"),
-                                           ("/ann-deep", "not valid JSON"), ("/ann-list", "not COCO annotations")])
-def test_unusable_annotations_are_one_clear_error(server: FaultServer, tmp_path: Path, path: str,
-                                                  message: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/ann-500", "HTTP 500"),
+        ("/ann-bad", "not valid JSON"),
+        ("/ann-deep", "not valid JSON"),
+        ("/ann-list", "not COCO annotations"),
+    ],
+)
+def test_unusable_annotations_are_one_clear_error(
+    server: FaultServer, tmp_path: Path, path: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "taco"
     url = server.url(path)
     with pytest.raises(DownloadError, match=message) as err:
@@ -320,8 +345,24 @@ def test_unusable_annotations_are_one_clear_error(server: FaultServer, tmp_path:
     assert server.count(path) == (3 if path == "/ann-500" else 1)
     assert not (out / ANNOTATIONS_NAME).exists() and not (out / MANIFEST_NAME).exists()
 
-    assert main(["download-taco", "--out", str(out), "--annotations-url", url, "--retries", "0",
-                 "--backoff", "0.01", "--timeout", str(TIMEOUT)]) == 2
+    assert (
+        main(
+            [
+                "download-taco",
+                "--out",
+                str(out),
+                "--annotations-url",
+                url,
+                "--retries",
+                "0",
+                "--backoff",
+                "0.01",
+                "--timeout",
+                str(TIMEOUT),
+            ]
+        )
+        == 2
+    )
     err_lines = capsys.readouterr().err.strip().splitlines()
     assert len(err_lines) == 1 and err_lines[0].startswith("error: annotations ") and url in err_lines[0]
 
@@ -349,8 +390,9 @@ def test_cli_exit_codes(server: FaultServer, tmp_path: Path, capsys: pytest.Capt
     assert "1 downloaded" in cap.out and "1 failed" in cap.out
     assert "failed: batch_1/missing.jpg" in cap.err and "HTTP 404" in cap.err
 
-    many = server.annotations([record(server, i, "missing.jpg", file_name=f"m/{i}.jpg") for i in range(12)],
-                              "/many.json")
+    many = server.annotations(
+        [record(server, i, "missing.jpg", file_name=f"m/{i}.jpg") for i in range(12)], "/many.json"
+    )
     assert main(["download-taco", "--out", str(tmp_path / "c"), "--annotations-url", many, *args]) == 1
     err = capsys.readouterr().err.splitlines()
     assert sum(line.startswith("failed: ") for line in err) == 10 and "2 more" in err[-1]
@@ -364,8 +406,7 @@ def test_cli_exit_codes(server: FaultServer, tmp_path: Path, capsys: pytest.Capt
 def test_manifest_is_parseable_csv(server: FaultServer, tmp_path: Path) -> None:
     out = tmp_path / "taco"
     name = 'batch_1/comma, "quote".jpg'
-    summary = download_taco(out, server.annotations([record(server, 0, "ok1.jpg", file_name=name)]),
-                            retries=0, **FAST)
+    summary = download_taco(out, server.annotations([record(server, 0, "ok1.jpg", file_name=name)]), retries=0, **FAST)
     assert summary.ok
     rows = list(csv.DictReader(io.StringIO((out / MANIFEST_NAME).read_text())))
     assert rows[0]["file_name"] == name and rows[0]["status"] == "downloaded"

@@ -17,6 +17,7 @@ from trashlib.models import (
     MODEL_NAMES,
     EfficientNetLite0,
     ModelError,
+    ModelSpec,
     build_model,
     efficientnet_lite0_weights_path,
     load_model,
@@ -48,13 +49,14 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
-def spec_for(name: str, image_size: int = 32, **extra: object) -> dict:
-    return {"name": name, "num_classes": 6, "class_names": CLASSES, "image_size": image_size, **extra}
+def spec_for(name: str, image_size: int = 32, **extra: object) -> ModelSpec:
+    return ModelSpec.from_dict(
+        {"name": name, "num_classes": 6, "class_names": CLASSES, "image_size": image_size, **extra}
+    )
 
 
 def test_model_names() -> None:
-    assert MODEL_NAMES == ("mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3",
-                           "efficientnet_lite0")
+    assert MODEL_NAMES == ("mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3", "efficientnet_lite0")
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -83,8 +85,7 @@ def test_torchvision_default_head_would_start_far_from_ln6() -> None:
 
 
 def test_model_preprocessing() -> None:
-    assert model_preprocessing("mnasnet1_0") == {"mean": [0.485, 0.456, 0.406],
-                                                  "std": [0.229, 0.224, 0.225]}
+    assert model_preprocessing("mnasnet1_0") == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     lite = model_preprocessing("efficientnet_lite0")
     assert lite["mean"] == pytest.approx([127 / 255] * 3)
     assert lite["std"] == pytest.approx([128 / 255] * 3)
@@ -132,8 +133,11 @@ def test_pretrained_mnasnet_from_hub_cache_keeps_backbone_and_new_head(
     assert torch.equal(loaded["layers.0.weight"], source["layers.0.weight"])
     assert torch.equal(loaded["layers.15.running_var"], source["layers.15.running_var"])
     assert loaded["classifier.1.weight"].shape == (6, 1280)
-    assert build_model("mnasnet0_5", 6, pretrained=weights).state_dict()["layers.0.weight"].equal(
-        source["layers.0.weight"])
+    assert (
+        build_model("mnasnet0_5", 6, pretrained=weights)
+        .state_dict()["layers.0.weight"]
+        .equal(source["layers.0.weight"])
+    )
 
 
 def test_pretrained_file_of_another_architecture_is_refused(tmp_path: Path) -> None:
@@ -165,7 +169,7 @@ def test_efficientnet_lite0_architecture_classifies_a_real_photo() -> None:
     photo = load_sample_image("flower.jpg")
     h, w, _ = photo.shape
     side = min(h, w)
-    crop = np.ascontiguousarray(photo[(h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2])
+    crop = np.ascontiguousarray(photo[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2])
     x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255
     x = F.interpolate(x, size=224, mode="bilinear", antialias=True, align_corners=False)
     norm = model_preprocessing("efficientnet_lite0")
@@ -186,7 +190,8 @@ def test_save_load_roundtrip(tmp_path: Path, name: str) -> None:
     assert path == tmp_path / "sub" / "model.pt"
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temporary file left
     loaded, spec = load_model(path, expect_class_names=CLASSES)
-    assert spec["extra_key"] == "kept" and spec["class_names"] == CLASSES
+    assert spec.extra["extra_key"] == "kept" and list(spec.class_names) == CLASSES
+    assert spec == spec_for(name, extra_key="kept")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
@@ -199,13 +204,19 @@ def test_save_load_roundtrip(tmp_path: Path, name: str) -> None:
 def test_save_rejects_incomplete_spec(tmp_path: Path) -> None:
     model = build_model("mnasnet0_5", 6, 32)
     with pytest.raises(ModelError, match="lacks keys.*image_size"):
-        save_model(model, tmp_path / "m.pt", {"name": "mnasnet0_5", "num_classes": 6,
-                                              "class_names": CLASSES})
+        save_model(
+            model,
+            tmp_path / "m.pt",
+            ModelSpec.from_dict({"name": "mnasnet0_5", "num_classes": 6, "class_names": CLASSES}),
+        )
     with pytest.raises(ModelError, match=r"spec\['f1'\] is a float32"):
         save_model(model, tmp_path / "m.pt", spec_for("mnasnet0_5", f1=np.float32(0.5)))
     with pytest.raises(ModelError, match="num_classes"):
-        save_model(model, tmp_path / "m.pt", {**spec_for("mnasnet0_5"), "num_classes": 5,
-                                              "class_names": CLASSES[:5]})
+        save_model(
+            model,
+            tmp_path / "m.pt",
+            ModelSpec.from_dict({**spec_for("mnasnet0_5").to_dict(), "num_classes": 5, "class_names": CLASSES[:5]}),
+        )
 
 
 def test_load_errors_name_the_file(tmp_path: Path) -> None:
@@ -248,8 +259,10 @@ class _Exploit:
 def test_code_executing_pickle_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"format": models.CHECKPOINT_FORMAT, "spec": spec_for("mnasnet0_5"),
-                "state_dict": _Exploit(marker)}, evil)
+    torch.save(
+        {"format": models.CHECKPOINT_FORMAT, "spec": spec_for("mnasnet0_5").to_dict(), "state_dict": _Exploit(marker)},
+        evil,
+    )
     with pytest.raises(ModelError, match="evil.pt.*refused"):
         load_model(evil)
     assert not marker.exists()
@@ -266,3 +279,24 @@ def test_weights_hash_follows_the_weights_not_the_file(tmp_path: Path) -> None:
     with torch.no_grad():
         b.classifier[1].bias[0] += 1e-6
     assert weights_sha256(a) != weights_sha256(b)
+
+
+def test_model_spec_round_trips_and_refuses_bad_fields() -> None:
+    spec = ModelSpec.create("efficientnet_lite0", CLASSES, 96)
+    assert spec.normalization == model_preprocessing("efficientnet_lite0") and spec.num_classes == 6
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert spec.to_dict()["num_classes"] == 6 and spec.to_dict()["class_names"] == CLASSES
+    structured = spec.with_structure(build_model("mnasnet0_5", 6, 32))
+    assert structured.structure and ModelSpec.from_dict(structured.to_dict()) == structured
+    with pytest.raises(ModelError, match="multiple of 32"):
+        ModelSpec.create("mnasnet0_5", CLASSES, 100)
+    with pytest.raises(ModelError, match="at least 2 names"):
+        ModelSpec("mnasnet0_5", ("Metal",), 32)
+    with pytest.raises(ModelError, match="std must be three numbers"):
+        ModelSpec("mnasnet0_5", tuple(CLASSES), 32, std=(0.2, 0.2, 0.0))
+    with pytest.raises(ModelError, match="only for 'searched' models"):
+        ModelSpec("mnasnet0_5", tuple(CLASSES), 32, arch={"blocks": []})
+    with pytest.raises(ModelError, match="repeats the spec's own keys"):
+        ModelSpec("mnasnet0_5", tuple(CLASSES), 32, extra={"image_size": 64})
+    with pytest.raises(ModelError, match="model.pt: spec lacks keys"):
+        ModelSpec.from_dict({"name": "mnasnet0_5"}, where="model.pt")

@@ -8,18 +8,36 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import six_class_photos
 from torch import nn
 
-from conftest import six_class_photos
 from trashlib import quantize
 from trashlib.bench import runtime_table
-from trashlib.candidate import (assess_candidate, leaderboard, list_candidates, model_spec, pareto_front,
-                                pick_for_deployment, save_candidate, ship_winner)
+from trashlib.candidate import (
+    assess_candidate,
+    leaderboard,
+    list_candidates,
+    pareto_front,
+    pick_for_deployment,
+    save_candidate,
+    ship_winner,
+)
 from trashlib.data import PrepareConfig, prepare_dataset
-from trashlib.models import build_model, model_preprocessing
-from trashlib.quantize import (ChunkedGraph, OrtModel, QuantizeError, agreement, calibration_batches,
-                               deploy_candidate, export_onnx, quantize_int8, quantize_onnx_int8, read_model_card)
-from trashlib.workbook import open_run
+from trashlib.models import ModelSpec, build_model
+from trashlib.quantize import (
+    ChunkedGraph,
+    OrtModel,
+    QuantizeError,
+    agreement,
+    calibration_batches,
+    deploy_candidate,
+    export_onnx,
+    quantize_int8,
+    quantize_onnx_int8,
+    read_model_card,
+)
+from trashlib.run import open_run
+from trashlib.train import TrainConfig
 
 SIZE = 32
 
@@ -29,8 +47,14 @@ class Small(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                                      nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(32, 6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,8 +71,7 @@ class DataDependent(Small):
         return self.head(y.mean((2, 3)))
 
 
-SPEC = {"name": "small", "num_classes": 6, "class_names": ["a", "b", "c", "d", "e", "f"], "image_size": SIZE,
-        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+SPEC = ModelSpec("small", ("a", "b", "c", "d", "e", "f"), SIZE, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +131,8 @@ def test_onnx_export_is_one_checked_file_with_a_model_card(small, batches, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     card = read_model_card(path)
-    assert card["class_names"] == SPEC["class_names"] and card["image_size"] == SIZE
-    assert card["input"]["mean"] == SPEC["mean"] and card["input"]["layout"] == "NCHW"
+    assert card["class_names"] == list(SPEC.class_names) and card["image_size"] == SIZE
+    assert card["input"]["mean"] == list(SPEC.mean) and card["input"]["layout"] == "NCHW"
     session = OrtModel(path, threads=1)
     check = agreement(small, session, batches)
     assert check["top1_agreement"] == 1.0 and check["max_abs_diff"] < 1e-4
@@ -121,7 +144,7 @@ def test_onnx_static_int8_is_qdq_keeps_the_card_and_leaves_no_temporary_file(sma
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx"]
     ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    assert read_model_card(int8)["class_names"] == SPEC["class_names"]
+    assert read_model_card(int8)["class_names"] == list(SPEC.class_names)
     assert int8.stat().st_size < fp32.stat().st_size
     assert agreement(small, OrtModel(int8, 1), batches)["top1_agreement"] >= 0.8
 
@@ -138,8 +161,12 @@ def test_an_unexportable_model_is_a_clear_error(tmp_path: Path):
 
 def test_runtime_table_times_every_variant_against_the_first_and_its_floor(small, batches):
     int8, _, _ = quantize_int8(small, SPEC, batches)
-    rows = runtime_table({"eager": (small, SIZE, 10**6, "fp32"), "int8": (int8, SIZE, 10**6, "int8")},
-                         threads=1, rounds=1, batch_sizes=(1,))
+    rows = runtime_table(
+        {"eager": (small, SIZE, 10**6, "fp32"), "int8": (int8, SIZE, 10**6, "int8")},
+        threads=1,
+        rounds=1,
+        batch_sizes=(1,),
+    )
     assert [r["variant"] for r in rows] == ["eager", "int8"]
     assert rows[0]["speedup_b1"] == 1.0 and rows[1]["b1_ms"] > 0
     assert all(r["floor_b1_ms"] > 0 and r["x_floor_b1"] > 0 for r in rows)
@@ -153,13 +180,14 @@ def tiny(coco_factory, tmp_path):
 
 def test_deploy_writes_three_runtimes_and_flags_a_failure_as_fp32(tiny, tmp_path, monkeypatch):
     torch.manual_seed(0)
-    norm = model_preprocessing("mnasnet0_5")
     model = build_model("mnasnet0_5", len(tiny.classes), 32).eval()
-    spec = model_spec("mnasnet0_5", tiny, 32, norm)
+    spec = ModelSpec.create("mnasnet0_5", tiny.classes, 32)
     run = open_run(tmp_path / "run")
     source = {"stage": "baseline", **assess_candidate("baseline", model, spec, tiny, threads=1, latency_runs=3)}
-    save_candidate(run, "baseline", source, model, spec, {})
-    _, records = deploy_candidate(run, "baseline", model, spec, source, tiny, {}, None, 1, 3, 16)
+    save_candidate(run, "baseline", source, model, spec, params={})
+    records = deploy_candidate(
+        run, "baseline", model, spec, source, tiny, params={}, threads=1, latency_runs=3, calibration_images=16
+    ).records
     assert [r["runtime"] for r in records] == ["pt2e-int8", "onnx-fp32", "onnx-int8"]
     assert all(r["flagged"] is None and r["macs"] == source["macs"] for r in records)
     assert records[1]["max_abs_diff"] < 1e-3 and records[1]["f1_test"] == pytest.approx(source["f1_test"])
@@ -171,7 +199,9 @@ def test_deploy_writes_three_runtimes_and_flags_a_failure_as_fp32(tiny, tmp_path
         raise QuantizeError("cannot be exported to ONNX: test")
 
     monkeypatch.setattr(quantize, "export_onnx", no_export)
-    _, flagged = deploy_candidate(run, "other", model, spec, source, tiny, {}, None, 1, 3, 16)
+    flagged = deploy_candidate(
+        run, "other", model, spec, source, tiny, params={}, threads=1, latency_runs=3, calibration_images=16
+    ).records
     assert [r["flagged"] is not None for r in flagged] == [False, True, True]
     assert flagged[1]["f1_test"] == source["f1_test"] and "fp32 kept" in flagged[1]["flagged"]
 
@@ -180,9 +210,10 @@ def test_deploy_writes_three_runtimes_and_flags_a_failure_as_fp32(tiny, tmp_path
     assert not board.loc["other-onnx-fp32", "deployable"] and board.loc["baseline-onnx-int8", "deployable"]
     assert set(pareto_front(board)) <= set(board.index)
     winner = ship_winner(run, board)
-    assert winner["candidate"] in ("baseline-onnx-fp32", "baseline-onnx-int8")
-    assert (run.run_dir / "winner" / "model.onnx").read_bytes() == \
-        (run.run_dir / "deploy" / winner["candidate"] / "model.onnx").read_bytes()
+    assert winner.candidate in ("baseline-onnx-fp32", "baseline-onnx-int8")
+    assert (run.run_dir / "winner" / "model.onnx").read_bytes() == (
+        run.run_dir / "deploy" / winner.candidate / "model.onnx"
+    ).read_bytes()
     picked = pick_for_deployment(list_candidates(run, ("baseline",)), top_n=1)
     assert picked[0]["candidate"] == "baseline"
     with pytest.raises(ValueError, match="not in the run directory"):
@@ -193,10 +224,9 @@ def test_deploy_writes_three_runtimes_and_flags_a_failure_as_fp32(tiny, tmp_path
 
 def test_quantization_aware_training_gives_a_runnable_int8_model_and_leaves_the_source(small, tiny):
     from trashlib.quantize import quantization_aware_training
-    from trashlib.train import distillation_config
 
     before = {k: v.clone() for k, v in small.state_dict().items()}
-    config = distillation_config(SPEC, None, epochs=1, lr=1e-4, batch_size=16, threads=1)
+    config = TrainConfig.for_spec(SPEC, epochs=1, lr=1e-4, batch_size=16, augment=0.3, threads=1)
     model = quantization_aware_training(small, SPEC, tiny.split("train"), tiny.split("val"), config)
     assert isinstance(model, ChunkedGraph)
     with torch.inference_mode():

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from trashlib.models import weights_sha256
-from trashlib.workbook import PROJECT_ROOT, run_workbook
+from trashlib.run import PROJECT_ROOT
+from trashlib.workbook import run_workbook
 
 WRITER = """
 import sys
@@ -36,16 +36,21 @@ def test_sigkill_during_atomic_writes_never_leaves_a_truncated_file(tmp_path: Pa
     target.write_bytes(b"a" * (8 << 20))
     kills = 0
     for delay in (0.05, 0.13, 0.21, 0.34, 0.55):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE,
-                                cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(target)],
+            stdout=subprocess.PIPE,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        )
         assert proc.stdout.readline().strip() == b"ready"
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
         data = target.read_bytes()
-        assert len(data) == 8 << 20 and data.count(data[:1]) == len(data), \
+        assert len(data) == 8 << 20 and data.count(data[:1]) == len(data), (
             f"after kill {kills} the file is truncated or mixed"
+        )
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != target.name]
     assert all(name.startswith(".metrics.bin.") and name.endswith(".tmp") for name in leftovers), leftovers
     with capsys.disabled():
@@ -57,8 +62,9 @@ def _digest(path: Path) -> str:
 
 
 def test_smoke_workbook_twice_gives_identical_manifests_metrics_and_checkpoints(tmp_path: Path, capsys):
-    kwargs = dict(runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", only=["00", "01"],
-                  log=lambda line: None)
+    kwargs = dict(
+        runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", only=["00", "01"], log=lambda line: None
+    )
     started = time.perf_counter()
     for name in ("one", "two"):
         summary = run_workbook("smoke", "synthetic", name, **kwargs)
@@ -70,20 +76,30 @@ def test_smoke_workbook_twice_gives_identical_manifests_metrics_and_checkpoints(
     b = json.loads((two / "baseline/baseline/metrics.json").read_text())
     # torch.save embeds a random serialization id, so the checkpoint is compared by its weights' hash
     loaded = [torch.load(run / "baseline/baseline/model.pt", weights_only=True) for run in (one, two)]
-    assert weights_sha256(loaded[0]["state_dict"]) == weights_sha256(loaded[1]["state_dict"]) == \
-        a["metrics"]["weights_sha256"] == b["metrics"]["weights_sha256"]
+    assert (
+        weights_sha256(loaded[0]["state_dict"])
+        == weights_sha256(loaded[1]["state_dict"])
+        == a["metrics"]["weights_sha256"]
+        == b["metrics"]["weights_sha256"]
+    )
     assert a["metrics"]["f1_test"] == b["metrics"]["f1_test"] and a["metrics"]["per_class"] == b["metrics"]["per_class"]
-    assert a["metrics"]["training"]["history"][-1]["val_macro_f1"] == b["metrics"]["training"]["history"][-1]["val_macro_f1"]
+    assert (
+        a["metrics"]["training"]["history"][-1]["val_macro_f1"]
+        == b["metrics"]["training"]["history"][-1]["val_macro_f1"]
+    )
     assert a["params"]["seed"] == 0 and a["data_manifest_sha256"] == b["data_manifest_sha256"] is not None
     assert {"torch", "torchvision", "python"} <= set(a["environment"])
     with capsys.disabled():
-        print(f"\nreproducibility: two smoke runs (00, 01) identical; test F1 {a['metrics']['f1_test']!r}; "
-              f"{time.perf_counter() - started:.0f} s")
+        print(
+            f"\nreproducibility: two smoke runs (00, 01) identical; test F1 {a['metrics']['f1_test']!r}; "
+            f"{time.perf_counter() - started:.0f} s"
+        )
 
 
 @pytest.mark.parametrize("source", ["../outside.jpg", "/etc/hostname", "a/../../outside.jpg", "link/x.jpg"])
 def test_a_tampered_manifest_row_cannot_reach_outside_the_data_root(tmp_path: Path, source: str):
     from conftest import solid_jpeg
+
     from trashlib.data import DataError, load_crop
 
     root = tmp_path / "root"

@@ -14,20 +14,33 @@ from trashlib import report
 from trashlib.tune import param_importances, pick_trial
 
 # (val F1, latency ms, lr, image size); trials 1 and 3 are dominated, trial 5 fails.
-ROWS = [(0.30, 2.0, 1e-3, 64), (0.25, 3.0, 2e-3, 64), (0.50, 4.0, 3e-3, 96), (0.20, 5.0, 4e-3, 96),
-        (0.60, 6.0, 5e-3, 128)]
+ROWS = [
+    (0.30, 2.0, 1e-3, 64),
+    (0.25, 3.0, 2e-3, 64),
+    (0.50, 4.0, 3e-3, 96),
+    (0.20, 5.0, 4e-3, 96),
+    (0.60, 6.0, 5e-3, 128),
+]
 
 
 def fake_study(rows=ROWS, fail: bool = True) -> optuna.Study:
     study = optuna.create_study(directions=["maximize", "minimize"])
-    distributions = {"lr": FloatDistribution(1e-4, 1e-2, log=True),
-                     "image_size": CategoricalDistribution([64, 96, 128])}
+    distributions = {
+        "lr": FloatDistribution(1e-4, 1e-2, log=True),
+        "image_size": CategoricalDistribution([64, 96, 128]),
+    }
     for f1, ms, lr, size in rows:
-        study.add_trial(optuna.trial.create_trial(
-            values=[f1, ms], params={"lr": lr, "image_size": size}, distributions=distributions,
-            user_attrs={"result": {"val_f1": f1, "latency_ms": ms, "n_params": 1000 * size,
-                                   "macs": 10_000 * size},
-                        "arch": {"image_size": size}}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[f1, ms],
+                params={"lr": lr, "image_size": size},
+                distributions=distributions,
+                user_attrs={
+                    "result": {"val_f1": f1, "latency_ms": ms, "n_params": 1000 * size, "macs": 10_000 * size},
+                    "arch": {"image_size": size},
+                },
+            )
+        )
     if fail:
         study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
     return study

@@ -101,7 +101,7 @@ def test_boxes_inside_images(default_set: tuple[Path, float]) -> None:
         width, height = sizes[ann["image_id"]]
         assert all(isinstance(v, float) for v in ann["bbox"])
         assert w > 4 and h > 4
-        assert 0 <= x and 0 <= y and x + w <= width and y + h <= height
+        assert x >= 0 and y >= 0 and x + w <= width and y + h <= height
         assert ann["area"] <= w * h
 
 

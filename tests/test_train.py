@@ -27,7 +27,6 @@ CLASSES = ["red", "green", "blue"]
 FAST = {"batch_size": 16, "image_size": 32, "threads": 1, "lr": 3e-3}
 
 
-
 def colour_data(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Noisy images whose class is the dominant colour channel: learnable in a few steps."""
     rng = np.random.default_rng(seed)
@@ -47,11 +46,13 @@ def fresh_model(seed: int = 0) -> torch.nn.Module:
     return build_model("mnasnet0_5", num_classes=3, image_size=32)
 
 
-def run(data: dict, checkpoint: Path | None = None, teacher: torch.nn.Module | None = None,
-        **overrides: object) -> train_module.TrainResult:
+def run(
+    data: dict, checkpoint: Path | None = None, teacher: torch.nn.Module | None = None, **overrides: object
+) -> train_module.TrainResult:
     config = TrainConfig(**{"epochs": 2, "augment": 0.5, **FAST, **overrides})
-    return train_model(fresh_model(), data["train"], data["val"], config,
-                       checkpoint_path=checkpoint, teacher=teacher, progress=False)
+    return train_model(
+        fresh_model(), data["train"], data["val"], config, checkpoint_path=checkpoint, teacher=teacher, progress=False
+    )
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -91,8 +92,7 @@ def test_same_seed_gives_identical_weights(data: dict) -> None:
     assert without_timing(first.history) == without_timing(second.history)
 
 
-def test_killed_run_resumes_bitwise(data: dict, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_run_resumes_bitwise(data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     uninterrupted = run(data, epochs=4, optimizer="sgd")
 
     checkpoint = tmp_path / "run" / "train.ckpt"
@@ -124,11 +124,25 @@ def test_killed_run_resumes_bitwise(data: dict, tmp_path: Path,
 
     # a notebook rerun with new parameters starts afresh and overwrites the other run's checkpoint
     config = TrainConfig(**{"epochs": 2, "augment": 0.5, **FAST, "optimizer": "sgd", "lr": 1e-2})
-    fresh = train_model(fresh_model(), data["train"], data["val"], config, checkpoint_path=checkpoint,
-                        progress=False, restart_other_runs=True)
+    fresh = train_model(
+        fresh_model(),
+        data["train"],
+        data["val"],
+        config,
+        checkpoint_path=checkpoint,
+        progress=False,
+        restart_other_runs=True,
+    )
     assert fresh.resumed_from_epoch == 0 and fresh.epochs_run == 2
-    again = train_model(fresh_model(), data["train"], data["val"], config, checkpoint_path=checkpoint,
-                        progress=False, restart_other_runs=True)
+    again = train_model(
+        fresh_model(),
+        data["train"],
+        data["val"],
+        config,
+        checkpoint_path=checkpoint,
+        progress=False,
+        restart_other_runs=True,
+    )
     assert again.resumed_from_epoch == 2
     assert_same_weights(fresh.model, again.model)
 
@@ -143,10 +157,25 @@ def test_checkpoint_of_another_teacher_or_start_does_not_resume(data: dict, tmp_
         run(data, checkpoint=checkpoint, teacher=teachers[1], epochs=1)
     config = TrainConfig(**{"epochs": 1, "augment": 0.5, **FAST})
     with pytest.raises(TrainError, match=r"differs in \['initial weights'\]"):
-        train_model(fresh_model(seed=9), data["train"], data["val"], config, checkpoint_path=checkpoint,
-                    teacher=teachers[0], progress=False)
-    other = train_model(fresh_model(seed=9), data["train"], data["val"], config, checkpoint_path=checkpoint,
-                        teacher=teachers[1], progress=False, restart_other_runs=True)
+        train_model(
+            fresh_model(seed=9),
+            data["train"],
+            data["val"],
+            config,
+            checkpoint_path=checkpoint,
+            teacher=teachers[0],
+            progress=False,
+        )
+    other = train_model(
+        fresh_model(seed=9),
+        data["train"],
+        data["val"],
+        config,
+        checkpoint_path=checkpoint,
+        teacher=teachers[1],
+        progress=False,
+        restart_other_runs=True,
+    )
     assert other.resumed_from_epoch == 0
     with pytest.raises(AssertionError):
         assert_same_weights(first.model, other.model)
@@ -156,8 +185,16 @@ def test_distillation_runs_with_its_own_teacher_preprocessing(data: dict) -> Non
     seed_everything(1)
     teacher = build_model("efficientnet_lite0", num_classes=3, image_size=64)
     norm = model_preprocessing("efficientnet_lite0")
-    result = run(data, teacher=teacher, epochs=1, distill_alpha=0.7, distill_temperature=3.0,
-                 teacher_image_size=64, teacher_mean=norm["mean"], teacher_std=norm["std"])
+    result = run(
+        data,
+        teacher=teacher,
+        epochs=1,
+        distill_alpha=0.7,
+        distill_temperature=3.0,
+        teacher_image_size=64,
+        teacher_mean=norm["mean"],
+        teacher_std=norm["std"],
+    )
     assert all(math.isfinite(row["train_loss"]) for row in result.history)
     plain = run(data, epochs=1)
     assert result.history[0]["train_loss"] != plain.history[0]["train_loss"]
@@ -215,7 +252,7 @@ def test_evaluate_predict_and_preprocess(data: dict) -> None:
     with pytest.raises(TrainError, match="uint8"):
         preprocess(np.zeros((2, 32, 32, 3), np.float32), 32, [0.5] * 3, [0.5] * 3)
     with pytest.raises(TrainError, match="class_names"):
-        evaluate(model, images, labels, CLASSES[:2] + ["x", "y"], image_size=32)
+        evaluate(model, images, labels, [*CLASSES[:2], "x", "y"], image_size=32)
 
 
 def test_augmentation_keeps_shape_and_dtype() -> None:
@@ -229,12 +266,27 @@ def test_augmentation_keeps_shape_and_dtype() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("epochs", 0), ("batch_size", 0), ("optimizer", "adam"), ("lr", 0.0),
-        ("weight_decay", -1.0), ("schedule", "step"), ("label_smoothing", 1.0),
-        ("imbalance", "oversample"), ("augment", 1.5), ("augment_policy", "autoaugment"),
-        ("image_size", 48), ("mean", (0.5, 0.5)), ("std", (0.2, 0.0, 0.2)), ("patience", 0),
-        ("seed", -1), ("threads", 0), ("device", "tpu"), ("distill_temperature", 0.0),
-        ("distill_alpha", 1.5), ("teacher_image_size", 8), ("epochs", 2.5),
+        ("epochs", 0),
+        ("batch_size", 0),
+        ("optimizer", "adam"),
+        ("lr", 0.0),
+        ("weight_decay", -1.0),
+        ("schedule", "step"),
+        ("label_smoothing", 1.0),
+        ("imbalance", "oversample"),
+        ("augment", 1.5),
+        ("augment_policy", "autoaugment"),
+        ("image_size", 48),
+        ("mean", (0.5, 0.5)),
+        ("std", (0.2, 0.0, 0.2)),
+        ("patience", 0),
+        ("seed", -1),
+        ("threads", 0),
+        ("device", "tpu"),
+        ("distill_temperature", 0.0),
+        ("distill_alpha", 1.5),
+        ("teacher_image_size", 8),
+        ("epochs", 2.5),
     ],
 )
 def test_bad_config_values_name_the_field(field: str, value: object) -> None:
@@ -248,8 +300,7 @@ def test_bad_data_is_refused(data: dict) -> None:
     with pytest.raises(TrainError, match="train labels must lie in"):
         train_model(fresh_model(), (images, labels + 5), data["val"], config, progress=False)
     with pytest.raises(TrainError, match="val images must be a uint8"):
-        train_model(fresh_model(), data["train"], (images.astype(np.float32), labels), config,
-                    progress=False)
+        train_model(fresh_model(), data["train"], (images.astype(np.float32), labels), config, progress=False)
 
 
 def test_config_to_dict_is_json_ready() -> None:
@@ -260,4 +311,39 @@ def test_config_to_dict_is_json_ready() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         import json
+
         json.dumps(as_dict)
+
+
+def test_train_config_for_a_spec_and_from_a_notebooks_parameters() -> None:
+    from trashlib.models import ModelSpec
+
+    student = ModelSpec.create("mnasnet0_5", ["a", "b"], 64)
+    teacher = ModelSpec.create("efficientnet_lite0", ["a", "b"], 96)
+    config = TrainConfig.for_spec(student, teacher=teacher, epochs=3)
+    assert (config.image_size, config.mean, config.teacher_image_size) == (64, student.mean, 96)
+    assert config.teacher_mean == teacher.mean and config.epochs == 3
+    params = {
+        "epochs": 7,
+        "lr": 0.01,
+        "patience": 0,
+        "model_name": "mnasnet0_5",
+        "image_size": 999,
+        "teacher_image_size": 999,
+        "teacher_epochs": 2,
+        "teacher_lr": 0.002,
+        "optimizer": "sgd",
+    }
+    config = TrainConfig.from_params(student, params)
+    assert (config.epochs, config.lr, config.patience, config.image_size, config.optimizer) == (
+        7,
+        0.01,
+        None,
+        64,
+        "sgd",
+    )
+    assert config.teacher_image_size is None  # a notebook's parameter never sets the spec's fields
+    from trashlib.train import teacher_config
+
+    t_config = teacher_config(teacher, params)
+    assert (t_config.epochs, t_config.lr, t_config.optimizer, t_config.image_size) == (2, 0.002, "adamw", 96)

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from trashlib.cli import main as cli_main
 from trashlib.data import PrepareConfig, prepare_dataset
-from trashlib.models import ModelError, build_model, load_model, save_model
+from trashlib.models import ModelError, ModelSpec, build_model, load_model, save_model
 from trashlib.synthetic import make_synthetic_coco
 from trashlib.tune import (
     SETTINGS_ATTR,
@@ -55,11 +55,15 @@ from trashlib.tune import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["Metal", "Paper", "Paperpack", "Plastic", "Plasticbag", "Styrofoam"]
-TINY_SPACE = SearchSpace(stages=[[8, 2], [16, 2], [24, 2], [32, 2]], image_sizes=[32],
-                         width_mults=[0.5, 1.0], layers_max=2, block_width_mults=[0.75, 1.0])
+TINY_SPACE = SearchSpace(
+    stages=[[8, 2], [16, 2], [24, 2], [32, 2]],
+    image_sizes=[32],
+    width_mults=[0.5, 1.0],
+    layers_max=2,
+    block_width_mults=[0.75, 1.0],
+)
 TINY = SearchSettings(space=TINY_SPACE, epochs=1, batch_size=16, latency_warmup=1, latency_runs=3)
 NO_SERVER = "postgresql://u:secret@127.0.0.1:1/x"
-
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +82,30 @@ def data(data_dir: Path) -> SearchData:
 
 
 def tiny_arch(image_size: int = 32) -> dict:
-    blocks = [("mbconv1", 3, False, 1, 8), ("mbconv6", 5, True, 2, 16), ("conv", 3, True, 2, 16),
-              ("sepconv", 5, False, 2, 24), ("mbconv3", 3, True, 2, 32)]
-    return {"image_size": image_size, "stem_channels": 8, "head_channels": 64, "dropout": 0.2,
-            "blocks": [{"op": op, "kernel": k, "se": se, "layers": 2, "stride": s, "channels": c}
-                       for op, k, se, s, c in blocks]}
+    blocks = [
+        ("mbconv1", 3, False, 1, 8),
+        ("mbconv6", 5, True, 2, 16),
+        ("conv", 3, True, 2, 16),
+        ("sepconv", 5, False, 2, 24),
+        ("mbconv3", 3, True, 2, 32),
+    ]
+    return {
+        "image_size": image_size,
+        "stem_channels": 8,
+        "head_channels": 64,
+        "dropout": 0.2,
+        "blocks": [
+            {"op": op, "kernel": k, "se": se, "layers": 2, "stride": s, "channels": c} for op, k, se, s, c in blocks
+        ],
+    }
 
 
 def searched_spec(arch: dict, image_size: int = 32) -> dict:
-    return {"name": "searched", "num_classes": 6, "class_names": CLASSES,
-            "image_size": image_size, "arch": arch}
+    return {"name": "searched", "num_classes": 6, "class_names": CLASSES, "image_size": image_size, "arch": arch}
+
+
+def searched(arch: dict, image_size: int = 32) -> ModelSpec:
+    return ModelSpec.from_dict(searched_spec(arch, image_size))
 
 
 # --------------------------------------------------------------------------- the searched model
@@ -105,9 +123,9 @@ def test_searched_model_builds_trains_and_roundtrips(tmp_path: Path) -> None:
     loss = torch.nn.functional.cross_entropy(logits, torch.arange(4)).item()
     assert abs(loss - math.log(6)) < 0.4
     model.eval()
-    path = save_model(model, tmp_path / "searched.pt", searched_spec(model.arch))
+    path = save_model(model, tmp_path / "searched.pt", searched(model.arch))
     loaded, spec = load_model(path, expect_class_names=CLASSES)
-    assert spec["arch"] == arch
+    assert spec.arch == arch
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
@@ -125,8 +143,7 @@ def test_searched_model_builds_trains_and_roundtrips(tmp_path: Path) -> None:
         (lambda a: a["blocks"][0].pop("se"), r"arch\['blocks'\]\[0\] must be a dict with keys"),
         (lambda a: a.pop("stem_channels"), r"lacks keys \['stem_channels'\]"),
         (lambda a: a.update(blocks=[]), "non-empty list"),
-        (lambda a: a.update(image_size=64),
-         r"arch\['image_size'\]=64 but the model is built for image_size=32"),
+        (lambda a: a.update(image_size=64), r"arch\['image_size'\]=64 but the model is built for image_size=32"),
     ],
 )
 def test_bad_arch_names_the_key(change, message: str) -> None:
@@ -145,9 +162,9 @@ def test_arch_only_with_searched_and_spec_needs_it(tmp_path: Path) -> None:
     spec = searched_spec(tiny_arch())
     del spec["arch"]
     with pytest.raises(ModelError, match="needs its 'arch' dict"):
-        save_model(model, tmp_path / "m.pt", spec)
+        save_model(model, tmp_path / "m.pt", ModelSpec.from_dict(spec))
     other = build_model("searched", 6, 32, arch={**tiny_arch(), "head_channels": 32})
-    path = save_model(other, tmp_path / "other.pt", searched_spec(other.arch))
+    path = save_model(other, tmp_path / "other.pt", searched(other.arch))
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["spec"]["arch"] = tiny_arch()
     torch.save(checkpoint, path)
@@ -200,8 +217,7 @@ def test_sample_arch_builds_a_model_that_runs_and_reloads(tmp_path: Path) -> Non
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     trial = study.ask()
     arch = sample_arch(trial, space)
-    assert {f"b{i}_{p}" for i in range(1, 8) for p in ("op", "kernel", "se", "layers", "width")} \
-        <= set(trial.params)
+    assert {f"b{i}_{p}" for i in range(1, 8) for p in ("op", "kernel", "se", "layers", "width")} <= set(trial.params)
     assert len(arch.blocks) == 7 and arch.image_size == 64
     assert all(block.channels % 8 == 0 for block in arch.blocks)
     assert [block.stride for block in arch.blocks] == [1, 2, 2, 2, 1, 2, 1]
@@ -211,7 +227,7 @@ def test_sample_arch_builds_a_model_that_runs_and_reloads(tmp_path: Path) -> Non
     with torch.no_grad():
         expected = model(x)
     assert expected.shape == (2, 6)
-    path = save_model(model, tmp_path / "best.pt", searched_spec(arch.to_dict(), arch.image_size))
+    path = save_model(model, tmp_path / "best.pt", searched(arch.to_dict(), arch.image_size))
     loaded, _ = load_model(path)
     with torch.no_grad():
         assert torch.equal(loaded(x), expected)
@@ -227,18 +243,18 @@ def test_sample_arch_builds_a_model_that_runs_and_reloads(tmp_path: Path) -> Non
 
 def test_mnasnet_reward() -> None:
     assert mnasnet_reward(0.8, 10.0, 10.0) == pytest.approx(0.8)
-    assert mnasnet_reward(0.8, 20.0, 10.0) == pytest.approx(0.8 * 2 ** -0.07)
-    assert mnasnet_reward(0.8, 5.0, 10.0) == pytest.approx(0.8 * 0.5 ** -0.07)
+    assert mnasnet_reward(0.8, 20.0, 10.0) == pytest.approx(0.8 * 2**-0.07)
+    assert mnasnet_reward(0.8, 5.0, 10.0) == pytest.approx(0.8 * 0.5**-0.07)
     assert mnasnet_reward(0.5, 20.0, 10.0, w=0.0) == pytest.approx(0.5)
-    assert mnasnet_reward(0.8, 20.0, 10.0) < mnasnet_reward(0.8, 10.0, 10.0) < \
-        mnasnet_reward(0.8, 5.0, 10.0)
+    assert mnasnet_reward(0.8, 20.0, 10.0) < mnasnet_reward(0.8, 10.0, 10.0) < mnasnet_reward(0.8, 5.0, 10.0)
     with pytest.raises(TuneError, match="latency_ms and target_ms must be > 0"):
         mnasnet_reward(0.8, 0.0, 10.0)
 
 
 def test_reward_reporter_prunes_with_the_study_pruner() -> None:
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(
-        n_startup_trials=1, n_warmup_steps=0))
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    )
     good = study.ask()
     reward_reporter(good, target_ms=10.0)(1, 0.9, 10.0)
     study.tell(good, 0.9)
@@ -249,12 +265,20 @@ def test_reward_reporter_prunes_with_the_study_pruner() -> None:
 
 
 def test_reward_mode_reports_each_epoch_and_prunes(tmp_path: Path, data: SearchData) -> None:
-    settings = SearchSettings(space=TINY_SPACE, mode="reward", epochs=2, batch_size=16,
-                              target_ms=1.0, latency_warmup=1, latency_runs=3)
+    settings = SearchSettings(
+        space=TINY_SPACE, mode="reward", epochs=2, batch_size=16, target_ms=1.0, latency_warmup=1, latency_runs=3
+    )
     study, _ = open_search(tmp_path / "journal.log", "reward", settings)
     assert isinstance(study.pruner, optuna.pruners.MedianPruner)
-    study = run_search(tmp_path / "journal.log", "reward", data, settings, n_trials=2, seed=0,
-                       pruner=optuna.pruners.ThresholdPruner(lower=10.0))
+    study = run_search(
+        tmp_path / "journal.log",
+        "reward",
+        data,
+        settings,
+        n_trials=2,
+        seed=0,
+        pruner=optuna.pruners.ThresholdPruner(lower=10.0),
+    )
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
     for trial in study.trials:
         assert list(trial.intermediate_values) == [1]  # stopped after the first epoch
@@ -272,33 +296,31 @@ def test_journal_study_resumes_without_duplicates(tmp_path: Path, data: SearchDa
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
     assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in study.trials)
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
-    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE,
-                                optuna.study.StudyDirection.MINIMIZE]
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     result = study.trials[3].user_attrs["result"]
-    assert result["reward"] == pytest.approx(mnasnet_reward(result["val_f1"], result["latency_ms"],
-                                                            TINY.target_ms))
+    assert result["reward"] == pytest.approx(mnasnet_reward(result["val_f1"], result["latency_ms"], TINY.target_ms))
     # No settings: the stored ones are used; the cap of 4 is reached already, nothing runs.
     capped = run_search(journal, "resume", data, n_trials=5, max_trials=4)
     assert len(capped.trials) == 4
 
 
-def test_study_with_other_objectives_is_refused_and_untouched(tmp_path: Path,
-                                                              data: SearchData) -> None:
+def test_study_with_other_objectives_is_refused_and_untouched(tmp_path: Path, data: SearchData) -> None:
     journal = tmp_path / "journal.log"
     study = run_search(journal, "clash", data, TINY, n_trials=1, seed=0)
-    before = (study.user_attrs, study.directions,
-              [(t.number, t.state, t.values) for t in study.trials])
+    before = (study.user_attrs, study.directions, [(t.number, t.state, t.values) for t in study.trials])
     reward = SearchSettings(**{**vars(TINY), "mode": "reward"})
-    with pytest.raises(TuneError, match=r"'clash' .* exists with other objectives .*directions: "
-                                        r"stored \['maximize', 'minimize'\], given \['maximize'\]"):
+    with pytest.raises(
+        TuneError,
+        match=r"'clash' .* exists with other objectives .*directions: "
+        r"stored \['maximize', 'minimize'\], given \['maximize'\]",
+    ):
         run_search(journal, "clash", data, reward, n_trials=1)
     other_space = SearchSettings(**{**vars(TINY), "space": SearchSpace(image_sizes=[64])})
     with pytest.raises(TuneError, match=r"space\.image_sizes: stored \[32\], given \[64\]"):
         open_search(journal, "clash", other_space)
     storage = open_storage(journal)
     after = optuna.load_study(study_name="clash", storage=storage)
-    assert (after.user_attrs, after.directions,
-            [(t.number, t.state, t.values) for t in after.trials]) == before
+    assert (after.user_attrs, after.directions, [(t.number, t.state, t.values) for t in after.trials]) == before
     assert optuna.study.get_all_study_names(storage) == ["clash"]
 
 
@@ -321,30 +343,44 @@ def test_unreachable_storage_fails_fast_with_a_clear_error() -> None:
     assert cli_main(["tune-create", "--storage", NO_SERVER, "--study", "s"]) == 2
 
 
-def worker_command(storage: str, study: str, data_dir: Path, n_trials: int,
-                   *extra: str) -> list[str]:
-    return [sys.executable, "-m", "trashlib", "tune-worker", "--storage", storage, "--study", study,
-            "--data-dir", str(data_dir), "--n-trials", str(n_trials), *extra]
+def worker_command(storage: str, study: str, data_dir: Path, n_trials: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "trashlib",
+        "tune-worker",
+        "--storage",
+        storage,
+        "--study",
+        study,
+        "--data-dir",
+        str(data_dir),
+        "--n-trials",
+        str(n_trials),
+        *extra,
+    ]
 
 
 def worker_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "PYTHONPATH": str(PROJECT_ROOT)}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
-def test_trial_of_a_killed_worker_is_failed_on_restart(kind: str, tmp_path: Path, data_dir: Path,
-                                                       data: SearchData) -> None:
-    storage = str(tmp_path / "journal.log") if kind == "journal" else \
-        f"sqlite:///{tmp_path / 'optuna.db'}"
+def test_trial_of_a_killed_worker_is_failed_on_restart(
+    kind: str, tmp_path: Path, data_dir: Path, data: SearchData
+) -> None:
+    storage = str(tmp_path / "journal.log") if kind == "journal" else f"sqlite:///{tmp_path / 'optuna.db'}"
     slow = SearchSettings(**{**vars(TINY), "epochs": 500})
     study, _ = open_search(storage, "stale", slow)
-    worker = subprocess.Popen(worker_command(storage, "stale", data_dir, 1), env=worker_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    worker = subprocess.Popen(
+        worker_command(storage, "stale", data_dir, 1),
+        env=worker_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
-        while not any("arch" in t.user_attrs
-                      for t in study.get_trials(states=(TrialState.RUNNING,))):
+        while not any("arch" in t.user_attrs for t in study.get_trials(states=(TrialState.RUNNING,))):
             assert worker.poll() is None, worker.stderr.read().decode()
             assert time.monotonic() < deadline, "the worker never started a trial"
             time.sleep(0.2)
@@ -356,7 +392,8 @@ def test_trial_of_a_killed_worker_is_failed_on_restart(kind: str, tmp_path: Path
     trial = optuna.load_study(study_name="stale", storage=study._storage).trials[0]
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["failed_reason"] == (
-        f"worker {socket.gethostname()}:{worker.pid} died while the trial was running")
+        f"worker {socket.gethostname()}:{worker.pid} died while the trial was running"
+    )
 
 
 def test_a_live_workers_trial_is_not_failed(tmp_path: Path) -> None:
@@ -373,8 +410,10 @@ def test_a_live_workers_trial_is_not_failed(tmp_path: Path) -> None:
 
 
 def _postgres_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
@@ -410,8 +449,17 @@ def postgres_url() -> Iterator[str]:
 
     try:
         pg(str(bin_dir / "initdb"), "-D", str(data), "-U", "tune", "--auth=trust", "--no-sync")
-        pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
-           "-o", f"-p {port} -h 127.0.0.1 -k {root} -F", "start")
+        pg(
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "-o",
+            f"-p {port} -h 127.0.0.1 -k {root} -F",
+            "start",
+        )
         pg(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tune", "search")
         yield f"postgresql://tune@127.0.0.1:{port}/search"
     finally:
@@ -420,19 +468,42 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_postgres_two_workers_share_one_study(postgres_url: str, data_dir: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_postgres_two_workers_share_one_study(
+    postgres_url: str, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     started = time.perf_counter()
     workers, cap = 2, 6
-    assert cli_main(["tune-create", "--storage", postgres_url, "--study", "pg", "--epochs", "1",
-                     "--batch-size", "16", "--latency-runs", "3",
-                     "--space", str(_tiny_space_file(data_dir.parent))]) == 0
-    procs = [subprocess.Popen(worker_command(postgres_url, "pg", data_dir, cap, "--max-trials",
-                                             str(cap), "--seed", str(index)),
-                              env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for index in range(workers)]
+    assert (
+        cli_main(
+            [
+                "tune-create",
+                "--storage",
+                postgres_url,
+                "--study",
+                "pg",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--latency-runs",
+                "3",
+                "--space",
+                str(_tiny_space_file(data_dir.parent)),
+            ]
+        )
+        == 0
+    )
+    procs = [
+        subprocess.Popen(
+            worker_command(postgres_url, "pg", data_dir, cap, "--max-trials", str(cap), "--seed", str(index)),
+            env=worker_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for index in range(workers)
+    ]
     outputs = [proc.communicate(timeout=120) for proc in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err.decode()[-2000:]
         assert b"worker done" in out
     study = optuna.load_study(study_name="pg", storage=open_storage(postgres_url))
@@ -447,8 +518,10 @@ def test_postgres_two_workers_share_one_study(postgres_url: str, data_dir: Path,
     assert study.user_attrs[SETTINGS_ATTR]["space"] == TINY_SPACE.to_dict()
     per_worker = sorted(Counter(t.user_attrs["worker"]["pid"] for t in trials).values())
     with capsys.disabled():
-        print(f"\npostgres distributed search: {workers} workers, {len(trials)} trials "
-              f"(per worker {per_worker}) in {time.perf_counter() - started:.1f} s")
+        print(
+            f"\npostgres distributed search: {workers} workers, {len(trials)} trials "
+            f"(per worker {per_worker}) in {time.perf_counter() - started:.1f} s"
+        )
 
 
 def _tiny_space_file(directory: Path) -> Path:
@@ -462,20 +535,28 @@ def _tiny_space_file(directory: Path) -> Path:
 # --------------------------------------------------------------------------- reading and picking trials
 
 
-def fake_trial(number: int, f1: float, latency_ms: float, state: TrialState = TrialState.COMPLETE,
-               **params: float) -> optuna.trial.FrozenTrial:
+def fake_trial(
+    number: int, f1: float, latency_ms: float, state: TrialState = TrialState.COMPLETE, **params: float
+) -> optuna.trial.FrozenTrial:
     trial = optuna.trial.create_trial(
-        state=state, values=[f1, latency_ms] if state == TrialState.COMPLETE else None,
+        state=state,
+        values=[f1, latency_ms] if state == TrialState.COMPLETE else None,
         params=params or None,
-        distributions={k: optuna.distributions.FloatDistribution(0.0, 1.0) for k in params} or None)
+        distributions={k: optuna.distributions.FloatDistribution(0.0, 1.0) for k in params} or None,
+    )
     trial.number = number
     return trial
 
 
 def test_pareto_trials_keeps_the_non_dominated_completed_trials() -> None:
-    trials = [fake_trial(0, 0.5, 2.0), fake_trial(1, 0.6, 3.0), fake_trial(2, 0.4, 4.0),
-              fake_trial(3, 0.6, 3.0), fake_trial(4, 0.9, 1.0, state=TrialState.FAIL),
-              fake_trial(5, 0.3, 1.5)]
+    trials = [
+        fake_trial(0, 0.5, 2.0),
+        fake_trial(1, 0.6, 3.0),
+        fake_trial(2, 0.4, 4.0),
+        fake_trial(3, 0.6, 3.0),
+        fake_trial(4, 0.9, 1.0, state=TrialState.FAIL),
+        fake_trial(5, 0.3, 1.5),
+    ]
     assert [t.number for t in pareto_trials(trials)] == [0, 1, 3, 5]  # equal objectives both kept
     assert pareto_trials([]) == []
 
@@ -501,8 +582,7 @@ def test_pick_trial_scores_the_front_against_the_best_trial_or_the_baseline() ->
 
 
 def test_pick_trial_reads_reward_trials_and_refuses_nothing_to_pick() -> None:
-    reward = optuna.trial.create_trial(value=0.3, user_attrs={"result": {"val_f1": 0.4,
-                                                                         "latency_ms": 3.0}})
+    reward = optuna.trial.create_trial(value=0.3, user_attrs={"result": {"val_f1": 0.4, "latency_ms": 3.0}})
     assert trial_objectives(reward) == (0.4, 3.0)
     assert pick_trial([reward]) is reward
     with pytest.raises(TuneError, match="no completed trial among 1"):
@@ -530,8 +610,13 @@ def test_settings_study_name_follows_the_settings() -> None:
 
 def test_param_importances_per_objective_and_too_few_trials() -> None:
     study = optuna.create_study(directions=["maximize", "minimize"])
-    rows = [(0.1, 0.9, 0.2, 5.0), (0.2, 0.1, 0.3, 4.0), (0.8, 0.5, 0.7, 1.0), (0.9, 0.3, 0.9, 0.5),
-            (0.5, 0.7, 0.5, 2.0)]
+    rows = [
+        (0.1, 0.9, 0.2, 5.0),
+        (0.2, 0.1, 0.3, 4.0),
+        (0.8, 0.5, 0.7, 1.0),
+        (0.9, 0.3, 0.9, 0.5),
+        (0.5, 0.7, 0.5, 2.0),
+    ]
     for number, (x, y, f1, ms) in enumerate(rows[:2]):
         study.add_trial(fake_trial(number, f1, ms, x=x, y=y))
     assert param_importances(study) == {}

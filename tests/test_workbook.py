@@ -8,16 +8,18 @@ import sys
 import tomllib
 from pathlib import Path
 
+import jupytext
 import pytest
 import yaml
-
 from conftest import PROJECT_ROOT, TACO_SAMPLE, TRASHNET, needs
+
+from trashlib.pages import write_index
+from trashlib.run import NotebookResult, RunError, RunSummary, open_run
 from trashlib.workbook import (
     ParameterError,
     list_notebooks,
     load_profile,
     notebook_parameters,
-    open_run,
     parse_override,
     resolve_parameters,
     run_workbook,
@@ -25,13 +27,13 @@ from trashlib.workbook import (
 
 MINI_NOTEBOOK = """# %% [markdown]
 # # mini
-# %% [parameters]
+# %% tags=["parameters"]
 run_dir = "x"
 data = "synthetic"
 steps = 2
 rate = 0.5
 # %%
-from trashlib.workbook import open_run
+from trashlib.run import open_run
 run = open_run(run_dir)
 assert steps > 0, "steps must be positive"
 run.headline("{stem}", {{"steps": steps, "rate": rate}})
@@ -40,13 +42,11 @@ print("steps", steps)
 
 
 def write_mini(nb_dir: Path, stem: str) -> Path:
-    sys.path.insert(0, str(PROJECT_ROOT / "tools"))
-    from nbmake import build
-    import nbformat
-
     nb_dir.mkdir(parents=True, exist_ok=True)
     path = nb_dir / f"{stem}.ipynb"
-    nbformat.write(build(MINI_NOTEBOOK.format(stem=stem)), path)
+    nb = jupytext.reads(MINI_NOTEBOOK.format(stem=stem), fmt="py:percent")
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    jupytext.write(nb, path)
     return path
 
 
@@ -84,19 +84,31 @@ def test_bad_profile_and_parameters_give_one_clear_error():
 
 
 def test_cli_bad_profile_is_one_line_not_a_traceback():
-    proc = subprocess.run([sys.executable, "-m", "trashlib", "run", "--profile", "nope", "--name", "x"],
-                          capture_output=True, text=True, cwd=PROJECT_ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trashlib", "run", "--profile", "nope", "--name", "x"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=PROJECT_ROOT,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: unknown profile 'nope'") and len(proc.stderr.strip().splitlines()) == 1
-    proc = subprocess.run([sys.executable, "-m", "trashlib", "run", "--data", "/no/such/dir", "--name", "x"],
-                          capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert (
+        proc.stderr.strip().startswith("error: unknown profile 'nope'") and len(proc.stderr.strip().splitlines()) == 1
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "trashlib", "run", "--data", "/no/such/dir", "--name", "x"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=PROJECT_ROOT,
+    )
     assert proc.returncode == 2 and "no such file or folder" in proc.stderr
 
 
 def test_run_path_cannot_leave_the_run_directory(tmp_path):
     run = open_run(tmp_path / "r")
     assert run.path("a", "b.json").parent.is_dir()
-    with pytest.raises(ParameterError, match="leads out of the run directory"):
+    with pytest.raises(RunError, match="leads out of the run directory"):
         run.path("..", "escape.json")
 
 
@@ -135,8 +147,10 @@ def test_runner_executes_in_order_resumes_and_renders_offline_html(tmp_path):
     (data_dir / "a.jpg").write_bytes(b"1")
     s = run_workbook("p", str(data_dir), "r3", log=lines.append, **kwargs)
     assert [r.status for r in s.results] == ["ran", "ran"]
-    assert [r.status for r in run_workbook("p", str(data_dir), "r3", log=lines.append, **kwargs).results] == \
-        ["up to date", "up to date"]
+    assert [r.status for r in run_workbook("p", str(data_dir), "r3", log=lines.append, **kwargs).results] == [
+        "up to date",
+        "up to date",
+    ]
     (data_dir / "a.jpg").write_bytes(b"22")
     s = run_workbook("p", str(data_dir), "r3", log=lines.append, **kwargs)
     assert [r.status for r in s.results] == ["ran", "ran"]
@@ -148,50 +162,63 @@ def test_runner_executes_in_order_resumes_and_renders_offline_html(tmp_path):
     assert (report_dir / "index.html").stat().st_mode & 0o044 == 0o044, "reports must be readable by others"
     index = (report_dir / "index.html").read_text()
     assert "00_first.html" in index and "01_second.html" in index and "rate: 0.75" in index
-    for page in [report_dir / "00_first.html", report_dir / "index.html", tmp_path / "reports" / "r2" / "00_first.html"]:
+    for page in [
+        report_dir / "00_first.html",
+        report_dir / "index.html",
+        tmp_path / "reports" / "r2" / "00_first.html",
+    ]:
         text = page.read_text()
         assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=\"(https?:)?//", text), page
         assert "@import url(http" not in text and "cdn" not in text.lower().replace("cdnjs", "cdn")
 
 
 def test_index_lists_failure(tmp_path):
-    from trashlib.report import write_index
-    from trashlib.workbook import NotebookResult, RunSummary
-
-    s = RunSummary("n", "p", "d", str(tmp_path), str(tmp_path),
-                   [NotebookResult("00_x", "failed", 1.0, "00_x.html", "boom <b>")])
+    s = RunSummary(
+        "n", "p", "d", str(tmp_path), str(tmp_path), [NotebookResult("00_x", "failed", 1.0, "00_x.html", "boom <b>")]
+    )
     text = write_index(tmp_path, s, tmp_path).read_text()
     assert "a notebook failed" in text and "boom &lt;b&gt;" in text
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source, crops, classes", [
-    pytest.param(TACO_SAMPLE, 401, 6, marks=needs(TACO_SAMPLE)),
-    pytest.param(TRASHNET, 2527, 6, marks=needs(TRASHNET)),
-])
+@pytest.mark.parametrize(
+    "source, crops, classes",
+    [
+        pytest.param(TACO_SAMPLE, 401, 6, marks=needs(TACO_SAMPLE)),
+        pytest.param(TRASHNET, 2527, 6, marks=needs(TRASHNET)),
+    ],
+)
 def test_eda_notebook_on_real_data(tmp_path, source, crops, classes):
     import papermill
 
     out = tmp_path / "eda.ipynb"
-    papermill.execute_notebook(str(PROJECT_ROOT / "notebooks" / "00_eda.ipynb"), str(out), kernel_name="python3",
-                               parameters={"run_dir": str(tmp_path / "run"), "data": str(source)},
-                               cwd=str(PROJECT_ROOT / "notebooks"), progress_bar=False)
+    papermill.execute_notebook(
+        str(PROJECT_ROOT / "notebooks" / "00_eda.ipynb"),
+        str(out),
+        kernel_name="python3",
+        parameters={"run_dir": str(tmp_path / "run"), "data": str(source)},
+        cwd=str(PROJECT_ROOT / "notebooks"),
+        progress_bar=False,
+    )
     head = yaml.safe_load((tmp_path / "run" / "headlines" / "00_eda.json").read_text())
     assert head["crops"] == crops and head["classes"] == classes and head["skipped"] == 0
     assert head["train"] > head["val"] > 0 and head["test"] > 0
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"prune_ratios": [0.5, 1.0]}, "1.0 is outside (0, 1)"),
-    ({"epochs": 0}, "0 is outside [1, inf)"),
-    ({"image_size": 100}, "must be a multiple of 32"),
-    ({"image_sizes": [64, 48]}, "48 must be a multiple of 32"),
-    ({"lr": -0.1}, "-0.1 is outside (0, inf)"),
-    ({"augment": 1.5}, "1.5 is outside [0, 1]"),
-    ({"energy": 0.0}, "0.0 is outside (0, 1]"),
-    ({"split_fractions": [0.7, 0.3, 0.0]}, "0.0 is outside (0, 1)"),
-    ({"threads": 0}, "0 is outside [1, inf)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"prune_ratios": [0.5, 1.0]}, "1.0 is outside (0, 1)"),
+        ({"epochs": 0}, "0 is outside [1, inf)"),
+        ({"image_size": 100}, "must be a multiple of 32"),
+        ({"image_sizes": [64, 48]}, "48 must be a multiple of 32"),
+        ({"lr": -0.1}, "-0.1 is outside (0, inf)"),
+        ({"augment": 1.5}, "1.5 is outside [0, 1]"),
+        ({"energy": 0.0}, "0.0 is outside (0, 1]"),
+        ({"split_fractions": [0.7, 0.3, 0.0]}, "0.0 is outside (0, 1)"),
+        ({"threads": 0}, "0 is outside [1, inf)"),
+    ],
+)
 def test_out_of_range_parameters_are_refused_before_anything_runs(override, message):
     with pytest.raises(ParameterError, match=re.escape(message)):
         resolve_parameters(load_profile("default"), override, list_notebooks())

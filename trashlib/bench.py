@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -15,8 +16,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+
+from trashlib.data import PreparedData, load_crop
+from trashlib.models import ModelSpec
+from trashlib.train import preprocess
 
 T = TypeVar("T")
 
@@ -62,6 +69,7 @@ def latency_for_model(
     image_size: int,
     batch_size: int = 1,
     threads: int = 1,
+    *,
     warmup: int = 10,
     runs: int = 50,
     min_seconds: float = 0,
@@ -74,10 +82,14 @@ def latency_for_model(
     x = _example_input(model, batch_size, image_size)
     model.eval()
     with torch_threads(threads), torch.inference_mode():
-        result = measure_latency(lambda: model(x), warmup=warmup, runs=runs,
-                                 min_seconds=min_seconds)
-    return {**result, "image_size": image_size, "batch_size": batch_size, "threads": threads,
-            "input_shape": list(x.shape)}
+        result = measure_latency(lambda: model(x), warmup=warmup, runs=runs, min_seconds=min_seconds)
+    return {
+        **result,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "threads": threads,
+        "input_shape": list(x.shape),
+    }
 
 
 def compare_latency(
@@ -109,8 +121,7 @@ def compare_latency(
     summaries = {name: _summary(times[name]) for name in names}
     reference = summaries[names[0]]["median_ms"]
     for summary in summaries.values():
-        summary["ratio_vs_first"] = (summary["median_ms"] / reference if reference > 0
-                                     else float("inf"))
+        summary["ratio_vs_first"] = summary["median_ms"] / reference if reference > 0 else float("inf")
     return summaries
 
 
@@ -125,12 +136,17 @@ def compare_models(
     under ``torch.inference_mode()`` with ``threads`` threads; ratios are against the first model."""
     inputs = {name: _example_input(model.eval(), batch_size, size) for name, (model, size) in models.items()}
     with torch_threads(threads), torch.inference_mode():
-        return compare_latency({name: (lambda m=model, x=inputs[name]: m(x)) for name, (model, _) in models.items()},
-                               rounds=rounds, runs_per_round=runs_per_round, warmup=3)
+        return compare_latency(
+            {name: functools.partial(model, inputs[name]) for name, (model, _) in models.items()},
+            rounds=rounds,
+            runs_per_round=runs_per_round,
+            warmup=3,
+        )
 
 
 def runtime_table(
     models: dict[str, tuple[nn.Module, int, int, str]],
+    *,
     threads: int = 2,
     rounds: int = 7,
     batch_sizes: Sequence[int] = (1, 32),
@@ -141,12 +157,25 @@ def runtime_table(
     precision with ``threads`` threads."""
     with torch_threads(threads):
         peaks = {"fp32": peak_gemm_gflops(), "int8": peak_int8_gops()}
-    rows = {name: {"variant": name, "precision": precision, "macs": macs, "image_size": size,
-                   "peak_gops": peaks[precision], "floor_b1_ms": floor_ms(macs, peaks[precision])}
-            for name, (_, size, macs, precision) in models.items()}
+    rows: dict[str, dict[str, Any]] = {
+        name: {
+            "variant": name,
+            "precision": precision,
+            "macs": macs,
+            "image_size": size,
+            "peak_gops": peaks[precision],
+            "floor_b1_ms": floor_ms(macs, peaks[precision]),
+        }
+        for name, (_, size, macs, precision) in models.items()
+    }
     for batch in batch_sizes:
-        timing = compare_models({name: (model, size) for name, (model, size, _, _) in models.items()}, batch,
-                                threads, rounds, 10 if batch == 1 else 2)
+        timing = compare_models(
+            {name: (model, size) for name, (model, size, _, _) in models.items()},
+            batch,
+            threads,
+            rounds,
+            10 if batch == 1 else 2,
+        )
         for name, summary in timing.items():
             rows[name][f"b{batch}_ms"] = summary["median_ms"]
             rows[name][f"speedup_b{batch}"] = 1.0 / summary["ratio_vs_first"]
@@ -167,8 +196,7 @@ def throughput(
     """Images per second of ``model`` on batches of ``batch_size`` at ``image_size``."""
     _check_count("batch_size", batch_size, minimum=1)
     threads = torch.get_num_threads() if threads is None else threads
-    timing = latency_for_model(model, image_size, batch_size=batch_size, threads=threads,
-                               warmup=warmup, runs=runs)
+    timing = latency_for_model(model, image_size, batch_size=batch_size, threads=threads, warmup=warmup, runs=runs)
     return {
         "images_per_s": batch_size / (timing["median_ms"] / 1e3),
         "batch_median_ms": timing["median_ms"],
@@ -225,7 +253,7 @@ def measure_submit_time(
     started = time.perf_counter()
     for start in range(0, len(items), batch_size):
         t0 = time.perf_counter()
-        arrays = [load(item) for item in items[start:start + batch_size]]
+        arrays = [load(item) for item in items[start : start + batch_size]]
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1 or any(a.dtype != np.uint8 or a.ndim != 3 for a in arrays):
             raise ValueError(
@@ -237,9 +265,7 @@ def measure_submit_time(
         labels = np.asarray(predict_batch(batch)).reshape(-1)
         t2 = time.perf_counter()
         if len(labels) != len(arrays):
-            raise ValueError(
-                f"predict_batch returned {len(labels)} labels for a batch of {len(arrays)}"
-            )
+            raise ValueError(f"predict_batch returned {len(labels)} labels for a batch of {len(arrays)}")
         predictions.extend(int(label) for label in labels)
         load_seconds += t1 - t0
         predict_seconds += t2 - t1
@@ -272,8 +298,9 @@ def peak_int8_gops(n: int = 1024, repeats: int = 5) -> float:
     return _gemm_rate(torch._int_mm, a, b, repeats)
 
 
-def _gemm_rate(mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torch.Tensor, b: torch.Tensor,
-               repeats: int) -> float:
+def _gemm_rate(
+    mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torch.Tensor, b: torch.Tensor, repeats: int
+) -> float:
     """2 n^3 operations over the median time of ``mm(a, b)`` (after one warm-up call), in G/s."""
     _check_count("repeats", repeats, minimum=1)
     mm(a, b)
@@ -285,21 +312,20 @@ def _gemm_rate(mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torc
     return 2.0 * a.shape[0] ** 3 / statistics.median(times) / 1e9
 
 
-def original_loop_submit_time(model: nn.Module, spec: dict[str, Any], data: Any, split: str = "test",
-                              threads: int = 2) -> dict[str, Any]:
+def original_loop_submit_time(
+    model: nn.Module, spec: ModelSpec, data: PreparedData, *, split: str = "test", threads: int = 2
+) -> dict[str, Any]:
     """The competition's own inference loop, for reference: every image decoded from disk with PIL,
     transformed one at a time (torchvision Resize, ToTensor, Normalize) and predicted at batch 1, eager
     fp32. Returns seconds, n and the predictions."""
-    from PIL import Image
-    from torchvision import transforms
-
-    from trashlib.data import load_crop
-
-    root, side = Path(data.meta["source_root"]), int(data.meta["config"]["cache_side"])
-    fit = data.meta["config"].get("fit", "pad")
-    size = spec["image_size"]
-    transform = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                                    transforms.Normalize(spec["mean"], spec["std"])])
+    root, side, fit = _source(data)
+    transform = transforms.Compose(
+        [
+            transforms.Resize((spec.image_size, spec.image_size)),
+            transforms.ToTensor(),
+            transforms.Normalize(spec.mean, spec.std),
+        ]
+    )
     model.eval()
     predictions = []
     with torch_threads(threads), torch.inference_mode():
@@ -309,6 +335,38 @@ def original_loop_submit_time(model: nn.Module, spec: dict[str, Any], data: Any,
             predictions.append(int(model(transform(image)[None]).argmax(1)))
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "n": len(predictions), "predictions": predictions}
+
+
+def submit_time(
+    model: nn.Module,
+    image_size: int,
+    normalization: Mapping[str, Sequence[float]],
+    data: PreparedData,
+    *,
+    threads: int = 2,
+    split: str = "test",
+) -> dict[str, Any]:
+    """The submission's wall time: every crop of ``split`` decoded from its source file on disk, batched,
+    preprocessed at ``image_size`` with ``normalization`` and predicted (``measure_submit_time``)."""
+    root, side, fit = _source(data)
+
+    def predict_batch(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = preprocess(batch, image_size, normalization["mean"], normalization["std"])
+            return model(x).argmax(1).numpy()
+
+    model.eval()
+    with torch_threads(threads):
+        return measure_submit_time(predict_batch, data.split_rows(split), lambda r: load_crop(root, r, side, fit))
+
+
+def _source(data: PreparedData) -> tuple[Path, int, str]:
+    """Where a prepared data set's photos are and how its crops were cut: root, cache side, fit."""
+    return (
+        Path(data.meta["source_root"]),
+        int(data.meta["config"]["cache_side"]),
+        data.meta["config"].get("fit", "pad"),
+    )
 
 
 def floor_ms(macs: int, gflops: float) -> float:
@@ -369,43 +427,23 @@ def _check_count(name: str, value: Any, minimum: int) -> None:
 
 
 def profile_model(
-    model: nn.Module,
-    image_size: int,
-    normalization: dict[str, Sequence[float]],
-    data: Any,
-    threads: int = 2,
-    split: str = "test",
-    runs: int = 50,
+    model: nn.Module, spec: ModelSpec, data: PreparedData, *, threads: int = 2, split: str = "test", runs: int = 50
 ) -> dict[str, Any]:
-    """Everything the leaderboard needs about one model's cost, measured with one harness.
-
-    ``data`` is a ``trashlib.data.PreparedData``: the submit time decodes the ``split``'s crops from
-    the source files on disk (as a submission would), so decode and preprocessing are included.
-    """
-    from trashlib.data import load_crop
-    from trashlib.train import preprocess
-
+    """Everything the leaderboard needs about one model's cost, measured with one harness: batch-1 latency,
+    batch-32 throughput, the submit time of ``split`` decoded from the files on disk (decode and preprocessing
+    included), MACs, parameters, saved size and the machine."""
     model.eval()
-    root, side = Path(data.meta["source_root"]), int(data.meta["config"]["cache_side"])
-    fit = data.meta["config"].get("fit", "pad")
-    rows = data.split_rows(split)
-
-    def predict_batch(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = preprocess(batch, image_size, normalization["mean"], normalization["std"])
-            return model(x).argmax(1).numpy()
-
-    with torch_threads(threads):
-        submit = measure_submit_time(predict_batch, rows, lambda r: load_crop(root, r, side, fit))
+    size = spec.image_size
+    submit = submit_time(model, size, spec.normalization, data, threads=threads, split=split)
     return {
-        "latency_b1": latency_for_model(model, image_size, 1, threads, runs=runs),
-        "throughput_b32": throughput(model, image_size, 32, threads, runs=max(3, runs // 10)),
+        "latency_b1": latency_for_model(model, size, 1, threads, runs=runs),
+        "throughput_b32": throughput(model, size, 32, threads, runs=max(3, runs // 10)),
         "submit": {k: v for k, v in submit.items() if k != "predictions"},
         "submit_predictions": submit["predictions"],
-        "macs": count_macs(model, image_size),
+        "macs": count_macs(model, size),
         "params": count_params(model),
         "size_bytes": saved_size_bytes(model),
-        "image_size": image_size,
+        "image_size": size,
         "threads": threads,
         "machine": machine_info(),
     }

@@ -2,20 +2,84 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, TypedDict
 
 import pandas as pd
 from torch import nn
 
 from trashlib.bench import profile_model
+from trashlib.compress import max_output_difference
 from trashlib.data import PreparedData
-from trashlib.files import read_json
-from trashlib.models import describe_structure, load_model, save_model, weights_sha256
+from trashlib.files import atomic_write_bytes, read_json
+from trashlib.models import ModelSpec, build_model, load_model, save_model, weights_sha256
+from trashlib.run import Run
 from trashlib.score import score_candidate
-from trashlib.train import TrainConfig, evaluate, train_model
-from trashlib.workbook import Run
+from trashlib.train import TrainConfig, evaluate, seed_everything, train_model
+
+STAGES: tuple[str, ...] = ("baseline", "search", "compress", "deploy")
+
+
+class CandidateRecord(TypedDict, total=False):
+    """What `metrics.json` holds about one candidate: quality on the test split, measured cost, scores, and for
+    deployed models the runtime and its agreement with the fp32 source. ``stage`` is added when read back."""
+
+    candidate: str
+    stage: str
+    model: str
+    image_size: int
+    f1_test: float
+    f1_public: float | None
+    f1_private: float | None
+    accuracy_test: float
+    latency_b1_ms: float
+    latency_b1_p90_ms: float
+    throughput_b32_ips: float
+    submit_s: float
+    submit_n: int
+    macs: int
+    params: int
+    size_bytes: int | None
+    score_published: float
+    score_relative: float | None
+    submit_agrees_with_cache: bool
+    per_class: dict[str, dict[str, float]]
+    confusion_matrix: list[list[int]]
+    threads: int
+    machine: dict[str, Any]
+    weights_sha256: str
+    reload_max_diff: float
+    runtime: str
+    source: str
+    source_stage: str | None
+    method: str
+    pt2e_fallback_reason: str | None
+    top1_agreement: float
+    max_abs_diff: float
+    flagged: str | None
+    f1_change: float
+    qat_epochs: int
+    training: dict[str, Any]
+    compression: dict[str, Any]
+    search: dict[str, Any]
+
+
+class Candidate(NamedTuple):
+    """A candidate's model (eval mode), its spec, and its record (None for a stand-in that was never assessed)."""
+
+    model: nn.Module
+    spec: ModelSpec
+    record: CandidateRecord | None
+
+
+@dataclass(frozen=True)
+class Winner:
+    """The shipped candidate's name and the files copied to `winner/`."""
+
+    candidate: str
+    files: list[Path]
 
 
 def check_above_chance(what: str, f1: float, n_classes: int, data: str) -> str:
@@ -31,121 +95,159 @@ def check_above_chance(what: str, f1: float, n_classes: int, data: str) -> str:
     return f"WARNING: {message}: too little data, or too few epochs, for it on {data}"
 
 
-def model_spec(name: str, data: PreparedData, image_size: int, normalization: dict[str, list[float]],
-               **extra: Any) -> dict[str, Any]:
-    """What rebuilds and feeds a model: architecture name, classes, input size and normalisation."""
-    return {"name": name, "num_classes": len(data.classes), "class_names": list(data.classes),
-            "image_size": image_size, "mean": list(normalization["mean"]), "std": list(normalization["std"]),
-            **extra}
-
-
-def assess_candidate(label: str, model: nn.Module, spec: dict[str, Any], data: PreparedData, threads: int = 2,
-                     baseline: dict[str, Any] | None = None, latency_runs: int = 50) -> dict[str, Any]:
+def assess_candidate(
+    label: str,
+    model: nn.Module,
+    spec: ModelSpec,
+    data: PreparedData,
+    *,
+    threads: int = 2,
+    baseline: CandidateRecord | None = None,
+    latency_runs: int = 50,
+) -> CandidateRecord:
     """Test-split quality and cost of one model, and its competition scores (published and relative)."""
-    size, norm = spec["image_size"], {"mean": spec["mean"], "std": spec["std"]}
-    quality = {}
+    quality: dict[str, dict[str, Any] | None] = {}
     for key, subset in (("test", None), ("public", "public"), ("private", "private")):
         x, y = data.split("test", subset)
-        quality[key] = evaluate(model, x, y, data.classes, size, normalization=norm) if len(y) else None
-    cost = profile_model(model, size, norm, data, threads=threads, runs=latency_runs)
+        quality[key] = (
+            evaluate(model, x, y, data.classes, spec.image_size, normalization=spec.normalization) if len(y) else None
+        )
+    cost = profile_model(model, spec, data, threads=threads, runs=latency_runs)
     test = quality["test"]
+    assert test is not None, "the test split is empty"
     f1, t = test["macro_f1"], cost["submit"]["seconds"]
-    scores = score_candidate(f1, t, baseline and baseline["f1_test"], baseline and baseline["submit_s"])
-    return {
-        "candidate": label, "model": spec["name"], "image_size": size,
-        "f1_test": f1, "f1_public": quality["public"] and quality["public"]["macro_f1"],
-        "f1_private": quality["private"] and quality["private"]["macro_f1"], "accuracy_test": test["accuracy"],
-        "latency_b1_ms": cost["latency_b1"]["median_ms"], "latency_b1_p90_ms": cost["latency_b1"]["p90_ms"],
-        "throughput_b32_ips": cost["throughput_b32"]["images_per_s"], "submit_s": t,
-        "submit_n": cost["submit"]["n"], "macs": cost["macs"], "params": cost["params"],
-        "size_bytes": cost["size_bytes"], **scores,
-        "submit_agrees_with_cache": cost["submit_predictions"] == test["predictions"],
-        "per_class": test["per_class"], "confusion_matrix": test["confusion_matrix"],
-        "threads": threads, "machine": cost["machine"],
-    }
+    scores = score_candidate(
+        f1, t, baseline["f1_test"] if baseline else None, baseline["submit_s"] if baseline else None
+    )
+    public, private = quality["public"], quality["private"]
+    return CandidateRecord(
+        candidate=label,
+        model=spec.name,
+        image_size=spec.image_size,
+        f1_test=f1,
+        f1_public=public["macro_f1"] if public is not None else None,
+        f1_private=private["macro_f1"] if private is not None else None,
+        accuracy_test=test["accuracy"],
+        latency_b1_ms=cost["latency_b1"]["median_ms"],
+        latency_b1_p90_ms=cost["latency_b1"]["p90_ms"],
+        throughput_b32_ips=cost["throughput_b32"]["images_per_s"],
+        submit_s=t,
+        submit_n=cost["submit"]["n"],
+        macs=cost["macs"],
+        params=cost["params"],
+        size_bytes=cost["size_bytes"],
+        score_published=scores["score_published"],
+        score_relative=scores["score_relative"],
+        submit_agrees_with_cache=cost["submit_predictions"] == test["predictions"],
+        per_class=test["per_class"],
+        confusion_matrix=test["confusion_matrix"],
+        threads=threads,
+        machine=cost["machine"],
+    )
 
 
-def save_candidate(run: Run, stage: str, record: dict[str, Any], model: nn.Module, spec: dict[str, Any],
-                   params: dict[str, Any], extra: dict[str, Any] | None = None, check_reload: bool = False) -> Path:
+def save_candidate(
+    run: Run,
+    stage: str,
+    record: CandidateRecord,
+    model: nn.Module,
+    spec: ModelSpec,
+    *,
+    params: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    check_reload: bool = False,
+) -> Path:
     """`<stage>/<candidate>/model.pt` (spec + weights) and `metrics.json` beside it. With ``check_reload`` the
     saved file is loaded back first and the largest output difference goes into the record (`reload_max_diff`)."""
-    folder = f"{stage}/{record['candidate']}"
-    path = save_model(model, run.path(folder, "model.pt"), spec)
+    path = save_model(model, run.model_path(stage, record["candidate"]), spec)
     record["weights_sha256"] = weights_sha256(model)
     if check_reload:
-        from trashlib.compress import max_output_difference
-
-        record["reload_max_diff"] = max_output_difference(model, load_model(path)[0], spec["image_size"])
-    return run.write_metrics(folder, {**record, **(extra or {})}, params)
+        record["reload_max_diff"] = max_output_difference(model, load_model(path).model, spec.image_size)
+    return run.write_metrics(f"{stage}/{record['candidate']}", {**record, **(extra or {})}, params)
 
 
-def load_candidate(run: Run, stage: str, label: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]] | None:
-    """A saved candidate's model, spec and metrics, or None when it is not in the run directory."""
+def load_candidate(run: Run, stage: str, label: str) -> Candidate | None:
+    """A saved candidate's model, spec and record, or None when it is not in the run directory."""
     folder = run.run_dir / stage / label
     if not (folder / "model.pt").is_file() or not (folder / "metrics.json").is_file():
         return None
     model, spec = load_model(folder / "model.pt")
-    return model, spec, read_json(folder / "metrics.json")["metrics"]
+    return Candidate(model, spec, read_json(folder / "metrics.json")["metrics"])
 
 
-def finish_candidate(run: Run, stage: str, label: str, model: nn.Module, spec: dict[str, Any], data: PreparedData,
-                     params: dict[str, Any], config: TrainConfig | None = None, teacher: nn.Module | None = None,
-                     baseline: dict[str, Any] | None = None, threads: int = 2, latency_runs: int = 50,
-                     extra: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def finish_candidate(
+    run: Run,
+    stage: str,
+    label: str,
+    model: nn.Module,
+    spec: ModelSpec,
+    data: PreparedData,
+    *,
+    params: dict[str, Any],
+    config: TrainConfig | None = None,
+    teacher: nn.Module | None = None,
+    baseline: CandidateRecord | None = None,
+    threads: int = 2,
+    latency_runs: int = 50,
+    extra: dict[str, Any] | None = None,
+) -> Candidate:
     """Fine-tune (distil when ``teacher``) a changed model, assess it, save it with its layer structure,
-    reload it and record the largest output difference after reloading. Returns the model and its record."""
+    reload it and record the largest output difference after reloading."""
     training = None
     if config is not None:
-        result = train_model(model, data.split("train"), data.split("val"), config, teacher=teacher,
-                             checkpoint_path=run.path(stage, label, "checkpoint.pt"), restart_other_runs=True,
-                             progress=False)
+        result = train_model(
+            model,
+            data.split("train"),
+            data.split("val"),
+            config,
+            teacher=teacher,
+            checkpoint_path=run.path(stage, label, "checkpoint.pt"),
+            restart_other_runs=True,
+            progress=False,
+        )
         model, training = result.model, result.to_dict()
     model.eval()
-    spec = {**spec, "structure": describe_structure(model)}
-    record = assess_candidate(label, model, spec, data, threads=threads, baseline=baseline,
-                              latency_runs=latency_runs)
+    spec = spec.with_structure(model)
+    record = assess_candidate(label, model, spec, data, threads=threads, baseline=baseline, latency_runs=latency_runs)
     more = {**(extra or {}), **({"training": training} if training else {})}
-    save_candidate(run, stage, record, model, spec, params, more, check_reload=True)
-    return model, record
+    save_candidate(run, stage, record, model, spec, params=params, extra=more, check_reload=True)
+    return Candidate(model, spec, record)
 
 
-def baseline_or_standin(run: Run, data: PreparedData, epochs: int = 2, image_size: int = 64, seed: int = 0,
-                        threads: int = 2) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
+def baseline_or_standin(
+    run: Run, data: PreparedData, *, epochs: int = 2, image_size: int = 64, seed: int = 0, threads: int = 2
+) -> Candidate:
     """Notebook 01's baseline from the run directory, or (run alone) a small MnasNet 1.0 trained here,
-    not saved, with no metrics record; says which."""
+    not saved, with no record; says which."""
     saved = load_candidate(run, "baseline", "baseline")
     if saved:
         return saved
-    from trashlib.models import build_model, model_preprocessing
-    from trashlib.train import seed_everything
-
-    print(f"no baseline in {run.run_dir / 'baseline'} (notebook 01 not run): training a stand-in MnasNet 1.0 "
-          f"at {image_size} px for {epochs} epochs, not saved")
-    norm = model_preprocessing("mnasnet1_0")
+    print(
+        f"no baseline in {run.run_dir / 'baseline'} (notebook 01 not run): training a stand-in MnasNet 1.0 "
+        f"at {image_size} px for {epochs} epochs, not saved"
+    )
+    spec = ModelSpec.create("mnasnet1_0", data.classes, image_size)
     seed_everything(seed)
-    model = build_model("mnasnet1_0", len(data.classes), image_size)
-    config = TrainConfig(epochs=epochs, image_size=image_size, mean=tuple(norm["mean"]), std=tuple(norm["std"]),
-                         seed=seed, threads=threads, batch_size=32)
+    model = build_model(spec.name, spec.num_classes, image_size)
+    config = TrainConfig.for_spec(spec, epochs=epochs, seed=seed, threads=threads, batch_size=32)
     result = train_model(model, data.split("train"), data.split("val"), config, progress=False)
-    return result.model.eval(), model_spec("mnasnet1_0", data, image_size, norm), None
+    return Candidate(result.model.eval(), spec, None)
 
 
-STAGES: tuple[str, ...] = ("baseline", "search", "compress", "deploy")
-
-
-def list_candidates(run: Run, stages: Sequence[str] = STAGES) -> list[dict[str, Any]]:
+def list_candidates(run: Run, stages: Sequence[str] = STAGES) -> list[CandidateRecord]:
     """Every candidate record saved in the run directory (``<stage>/<label>/metrics.json``), with its stage."""
-    records = []
+    records: list[CandidateRecord] = []
     for stage in stages:
         for path in sorted((run.run_dir / stage).glob("*/metrics.json")):
             metrics = read_json(path)["metrics"]
             if "f1_test" in metrics:
-                records.append({"stage": stage, **metrics})
+                records.append(CandidateRecord(**{"stage": stage, **metrics}))
     return records
 
 
-def pick_for_deployment(records: Sequence[dict[str, Any]], top_n: int,
-                        labels: Sequence[str] = ()) -> list[dict[str, Any]]:
+def pick_for_deployment(
+    records: Sequence[CandidateRecord], top_n: int, labels: Sequence[str] = ()
+) -> list[CandidateRecord]:
     """The baseline, then ``labels`` ("stage/candidate") when given, else the ``top_n`` other candidates
     with the lowest published score (ties: faster first)."""
     by_key = {f"{r['stage']}/{r['candidate']}": r for r in records}
@@ -153,12 +255,17 @@ def pick_for_deployment(records: Sequence[dict[str, Any]], top_n: int,
     if missing:
         raise ValueError(f"candidates {missing} are not in the run directory; there are {sorted(by_key)}")
     base = [r for r in records if r["stage"] == "baseline" and r["candidate"] == "baseline"]
-    others = [by_key[k] for k in labels] if labels else sorted(
-        (r for r in records if r not in base), key=lambda r: (r["score_published"], r["latency_b1_ms"]))[:top_n]
+    others = (
+        [by_key[k] for k in labels]
+        if labels
+        else sorted((r for r in records if r not in base), key=lambda r: (r["score_published"], r["latency_b1_ms"]))[
+            :top_n
+        ]
+    )
     return base + [r for r in others if r not in base]
 
 
-def leaderboard(records: Sequence[dict[str, Any]], rank_by: str = "score_published") -> pd.DataFrame:
+def leaderboard(records: Sequence[CandidateRecord], rank_by: str = "score_published") -> pd.DataFrame:
     """One row per candidate, indexed by name, sorted by ``rank_by`` (then latency); ``runtime`` says how it
     runs ("eager-fp32" for saved torch models) and ``deployable`` marks the ONNX models with a model card."""
     if rank_by not in ("score_published", "score_relative"):
@@ -167,8 +274,10 @@ def leaderboard(records: Sequence[dict[str, Any]], rank_by: str = "score_publish
     if board.empty:
         raise ValueError("no candidate records to rank")
     if board[rank_by].isna().any():
-        raise ValueError(f"{rank_by} is missing for {list(board.loc[board[rank_by].isna(), 'candidate'])} "
-                         "(no baseline in the run: rank by score_published)")
+        raise ValueError(
+            f"{rank_by} is missing for {list(board.loc[board[rank_by].isna(), 'candidate'])} "
+            "(no baseline in the run: rank by score_published)"
+        )
     if board["candidate"].duplicated().any():
         raise ValueError(f"candidate names repeat: {sorted(board.loc[board['candidate'].duplicated(), 'candidate'])}")
     for column in ("runtime", "flagged"):
@@ -181,24 +290,23 @@ def leaderboard(records: Sequence[dict[str, Any]], rank_by: str = "score_publish
 
 def pareto_front(board: pd.DataFrame, f1: str = "f1_test", latency: str = "latency_b1_ms") -> list[str]:
     """The candidates no other beats on both test F1 (higher) and latency (lower), fastest first."""
-    front, best = [], float("-inf")
+    front: list[str] = []
+    best = float("-inf")
     for name, row in board.sort_values([latency, f1], ascending=[True, False]).iterrows():
         if row[f1] > best:
-            front.append(name)
+            front.append(str(name))
             best = row[f1]
     return front
 
 
-def ship_winner(run: Run, board: pd.DataFrame) -> dict[str, Any]:
+def ship_winner(run: Run, board: pd.DataFrame) -> Winner:
     """Copy the best-ranked deployable candidate's ONNX model and model card to ``winner/``."""
-    from trashlib.files import atomic_write_bytes
-
     deployable = board[board["deployable"]]
     if deployable.empty:
         raise ValueError("no deployable (ONNX) candidate in the leaderboard: run notebook 04 first")
-    name = deployable.index[0]
+    name = str(deployable.index[0])
     files = []
     for file in ("model.onnx", "model_card.json"):
         source = run.run_dir / "deploy" / name / file
         files.append(atomic_write_bytes(run.path("winner", file), source.read_bytes()))
-    return {"candidate": name, "files": files}
+    return Winner(name, files)

@@ -15,8 +15,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", default="default", help="notebooks/params/NAME.yaml (default: default)")
     run.add_argument("--data", default="synthetic", help="COCO folder, ImageFolder, or 'synthetic' (default)")
     run.add_argument("--name", default=None, help="run name: runs/NAME and reports/NAME (default: the profile)")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="override one notebook parameter (repeatable)")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one notebook parameter (repeatable)",
+    )
     run.add_argument("--notebooks", default=None, help="comma-separated notebook numbers to run, e.g. 00,01")
     run.add_argument("--force", action="store_true", help="rerun notebooks even when their outputs are current")
 
@@ -35,19 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     dl = sub.add_parser("download-taco", help="download TACO's annotations.json and images (resumable)")
     dl.add_argument("--out", required=True, help="folder for annotations.json and the images")
-    dl.add_argument("--annotations-url", default=None, help="http(s) URL of annotations.json "
-                                                            "(default: TACO's on GitHub)")
+    dl.add_argument(
+        "--annotations-url", default=None, help="http(s) URL of annotations.json (default: TACO's on GitHub)"
+    )
     dl.add_argument("--workers", type=int, default=4, help="parallel downloads (default: 4)")
     dl.add_argument("--retries", type=int, default=3, help="retries of a failed request (default: 3)")
     dl.add_argument("--timeout", type=float, default=30.0, help="seconds a connect or read may stall (default: 30)")
-    dl.add_argument("--backoff", type=float, default=1.0,
-                    help="first wait before a retry, doubled each time (default: 1 s)")
+    dl.add_argument(
+        "--backoff", type=float, default=1.0, help="first wait before a retry, doubled each time (default: 1 s)"
+    )
 
-    create = sub.add_parser("tune-create", help="create an architecture-search study (or check that "
-                                                "the existing one has these settings)")
+    create = sub.add_parser(
+        "tune-create", help="create an architecture-search study (or check that the existing one has these settings)"
+    )
     _storage_arguments(create)
-    create.add_argument("--mode", choices=("multi", "reward"), default="multi",
-                        help="multi: maximize F1 and minimize latency; reward: MnasNet's reward")
+    create.add_argument(
+        "--mode",
+        choices=("multi", "reward"),
+        default="multi",
+        help="multi: maximize F1 and minimize latency; reward: MnasNet's reward",
+    )
     create.add_argument("--space", default=None, help="YAML/JSON file of SearchSpace fields")
     create.add_argument("--epochs", type=int, default=3, help="training epochs per trial")
     create.add_argument("--batch-size", type=int, default=32)
@@ -59,16 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arguments(worker)
     worker.add_argument("--data-dir", required=True, help="prepared data: RUN_DIR/data")
     worker.add_argument("--n-trials", type=int, required=True, help="most trials this worker runs")
-    worker.add_argument("--max-trials", type=int, default=None,
-                        help="stop once this many trials have finished over all workers")
+    worker.add_argument(
+        "--max-trials", type=int, default=None, help="stop once this many trials have finished over all workers"
+    )
     worker.add_argument("--timeout", type=float, default=None, help="seconds before starting no more trials")
     worker.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
     return parser
 
 
 def _storage_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", required=True,
-                        help="database URL (postgresql://...) or journal file (RUN_DIR/search/journal.log)")
+    parser.add_argument(
+        "--storage", required=True, help="database URL (postgresql://...) or journal file (RUN_DIR/search/journal.log)"
+    )
     parser.add_argument("--study", required=True, help="study name")
 
 
@@ -78,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         from trashlib.workbook import main_run
 
         only = [s.strip() for s in args.notebooks.split(",")] if args.notebooks else None
-        return main_run(args.profile, args.data, args.name or args.profile, args.param, only, args.force)
+        return main_run(
+            args.profile, args.data, args.name or args.profile, params=args.param, only=only, force=args.force
+        )
     if args.command == "prepare":
         from trashlib.data import DataError, PrepareConfig, prepare_dataset
 
@@ -106,9 +123,15 @@ def _download(args: argparse.Namespace) -> int:
     from trashlib.download import DEFAULT_ANNOTATIONS_URL, DownloadError, download_taco
 
     try:
-        summary = download_taco(args.out, args.annotations_url or DEFAULT_ANNOTATIONS_URL, workers=args.workers,
-                                retries=args.retries, backoff=args.backoff, timeout=args.timeout,
-                                progress=sys.stderr.isatty())
+        summary = download_taco(
+            args.out,
+            args.annotations_url or DEFAULT_ANNOTATIONS_URL,
+            workers=args.workers,
+            retries=args.retries,
+            backoff=args.backoff,
+            timeout=args.timeout,
+            progress=sys.stderr.isatty(),
+        )
     except DownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -124,21 +147,33 @@ def _download(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from trashlib.data import DataError, load_prepared
-    from trashlib.tune import (FINISHED, SearchData, SearchSettings, SearchSpace, TuneError, open_search,
-                               run_search)
+    from trashlib.tune import FINISHED, SearchData, SearchSettings, SearchSpace, TuneError, open_search, run_search
 
     try:
         if args.command == "tune-create":
             space = SearchSpace.from_file(args.space) if args.space else SearchSpace()
-            settings = SearchSettings(space=space, mode=args.mode, epochs=args.epochs,
-                                      batch_size=args.batch_size, threads=args.threads,
-                                      target_ms=args.target_ms, latency_runs=args.latency_runs)
+            settings = SearchSettings(
+                space=space,
+                mode=args.mode,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                threads=args.threads,
+                target_ms=args.target_ms,
+                latency_runs=args.latency_runs,
+            )
             study, _ = open_search(args.storage, args.study, settings)
             print(f"study {args.study!r} ready ({args.mode}, {len(study.trials)} trials so far)")
             return 0
         data = SearchData.from_prepared(load_prepared(args.data_dir))
-        study = run_search(args.storage, args.study, data, n_trials=args.n_trials,
-                           timeout=args.timeout, seed=args.seed, max_trials=args.max_trials)
+        study = run_search(
+            args.storage,
+            args.study,
+            data,
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            seed=args.seed,
+            max_trials=args.max_trials,
+        )
     except (TuneError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

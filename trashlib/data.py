@@ -9,10 +9,11 @@ import json
 import math
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, TypeGuard
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -28,9 +29,25 @@ SPLITS = ("train", "val", "test")
 DEFAULT_MAX_PIXELS = 64_000_000
 PAD_FILL = (114, 114, 114)
 MANIFEST_FIELDS = (
-    "sample_id", "source", "sha256", "src_width", "src_height", "image_id", "ann_id",
-    "category", "label", "bbox_x", "bbox_y", "bbox_w", "bbox_h",
-    "crop_x0", "crop_y0", "crop_x1", "crop_y1", "split", "subset",
+    "sample_id",
+    "source",
+    "sha256",
+    "src_width",
+    "src_height",
+    "image_id",
+    "ann_id",
+    "category",
+    "label",
+    "bbox_x",
+    "bbox_y",
+    "bbox_w",
+    "bbox_h",
+    "crop_x0",
+    "crop_y0",
+    "crop_x1",
+    "crop_y1",
+    "split",
+    "subset",
 )
 
 
@@ -91,8 +108,7 @@ class PreparedData:
         """Crops and integer labels of one split (and optionally its public/private half)."""
         if split not in SPLITS:
             raise DataError(f"split must be one of {SPLITS}, got {split!r}")
-        idx = [i for i, r in enumerate(self.rows)
-               if r["split"] == split and (subset is None or r["subset"] == subset)]
+        idx = [i for i, r in enumerate(self.rows) if r["split"] == split and (subset is None or r["subset"] == subset)]
         labels = np.array([self.classes.index(self.rows[i]["label"]) for i in idx], dtype=np.int64)
         return np.asarray(self.crops[idx]), labels
 
@@ -101,6 +117,7 @@ class PreparedData:
 
 
 # --------------------------------------------------------------------------- mapping
+
 
 def load_mapping(name_or_path: str | Path) -> Mapping:
     """A mapping by short name (`taco`, `recycle10`) or a JSON file path."""
@@ -111,7 +128,11 @@ def load_mapping(name_or_path: str | Path) -> Mapping:
         raise DataError(f"mapping {name_or_path!r}: no such file {path} (known names: {sorted(MAPPINGS)})") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"mapping {path}: invalid JSON ({exc})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list) or not isinstance(doc.get("categories"), dict):
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("classes"), list)
+        or not isinstance(doc.get("categories"), dict)
+    ):
         raise DataError(f"mapping {path}: needs 'classes' (list) and 'categories' (object)")
     classes = tuple(doc["classes"])
     table: dict[str, str | None] = {}
@@ -130,6 +151,7 @@ def load_mapping(name_or_path: str | Path) -> Mapping:
 
 # --------------------------------------------------------------------------- reading sources
 
+
 def detect_format(path: str | Path) -> str:
     """`coco` for a folder with annotations.json (or the json itself), `imagefolder` for class folders."""
     p = Path(path)
@@ -144,7 +166,7 @@ def detect_format(path: str | Path) -> str:
     raise DataError(f"data path {p}: neither annotations.json (COCO) nor class folders (ImageFolder) found")
 
 
-def _is_number(v: Any) -> bool:
+def _is_number(v: Any) -> TypeGuard[int | float]:
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         return False
     try:
@@ -162,7 +184,7 @@ def _is_text(s: str) -> bool:
     return True
 
 
-def _is_id(v: Any) -> bool:
+def _is_id(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -186,8 +208,10 @@ def read_coco(ann_path: Path, mapping: Mapping, report: DataReport) -> list[Samp
         if cat["id"] in categories:
             raise DataError(f"{ann_path}: categories[{i}].id={cat['id']} is duplicated")
         if cat["name"] not in mapping.table:
-            raise DataError(f"{ann_path}: categories[{i}].name={cat['name']!r} is not in mapping "
-                            f"{mapping.name!r}; choose the mapping for this data set")
+            raise DataError(
+                f"{ann_path}: categories[{i}].name={cat['name']!r} is not in mapping "
+                f"{mapping.name!r}; choose the mapping for this data set"
+            )
         categories[cat["id"]] = cat["name"]
 
     images: dict[int, dict[str, Any]] = {}
@@ -196,8 +220,10 @@ def read_coco(ann_path: Path, mapping: Mapping, report: DataReport) -> list[Samp
             report.skip(name, f"images[{i}].id", "missing or not an integer")
             continue
         if img["id"] in images:
-            raise DataError(f"{ann_path}: images[{i}].id={img['id']} is duplicated: "
-                            "its annotations cannot be attributed to one file")
+            raise DataError(
+                f"{ann_path}: images[{i}].id={img['id']} is duplicated: "
+                "its annotations cannot be attributed to one file"
+            )
         fn = img.get("file_name")
         if not isinstance(fn, str) or not fn:
             report.skip(name, f"images[{i}].file_name", "missing or not a string")
@@ -218,11 +244,11 @@ def read_coco(ann_path: Path, mapping: Mapping, report: DataReport) -> list[Samp
             report.skip(name, f"{where}.id", f"duplicate annotation id {ann['id']}; the first is kept")
             continue
         seen_ann.add(ann["id"])
-        cat_name = categories.get(ann.get("category_id")) if _is_id(ann.get("category_id")) else None
+        cat_name = categories.get(ann["category_id"]) if _is_id(ann.get("category_id")) else None
         if cat_name is None:
             report.skip(name, f"{where}.category_id", f"unknown category id {ann.get('category_id')!r}")
             continue
-        img = images.get(ann.get("image_id")) if _is_id(ann.get("image_id")) else None
+        img = images.get(ann["image_id"]) if _is_id(ann.get("image_id")) else None
         if img is None:
             report.skip(name, f"{where}.image_id", f"unknown image id {ann.get('image_id')!r}")
             continue
@@ -240,8 +266,17 @@ def read_coco(ann_path: Path, mapping: Mapping, report: DataReport) -> list[Samp
             continue
         w, h = img.get("width"), img.get("height")
         declared = (int(w), int(h)) if _is_number(w) and _is_number(h) else None
-        samples.append(Sample(source=img["file_name"], label=label, category=cat_name, image_id=img["id"],
-                              ann_id=ann["id"], bbox=tuple(float(v) for v in bbox), declared_size=declared))
+        samples.append(
+            Sample(
+                source=img["file_name"],
+                label=label,
+                category=cat_name,
+                image_id=img["id"],
+                ann_id=ann["id"],
+                bbox=(float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3])),
+                declared_size=declared,
+            )
+        )
     return samples
 
 
@@ -291,13 +326,14 @@ def read_imagefolder(root: Path, report: DataReport) -> tuple[list[Sample], dict
 
 # --------------------------------------------------------------------------- images
 
-def safe_path(root: Path, rel: str) -> Path:
+
+def safe_path(root: Path, rel: object) -> Path:
     """`root/rel`, refusing absolute names, `..` and symlinks that lead out of the root."""
     if not isinstance(rel, str) or not rel or "\x00" in rel:
         raise DataError(f"file name {rel!r} is empty or invalid")
     if Path(rel).is_absolute() or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
         raise DataError(f"file name {rel!r} is absolute; it must be relative to the data root")
-    path = (root / rel)
+    path = root / rel
     try:
         resolved = path.resolve(strict=False)
         root_resolved = root.resolve()
@@ -331,11 +367,11 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.width * im.height > max_pixels:
-                    raise DataError(f"{im.width}x{im.height} pixels exceeds max_pixels={max_pixels} "
-                                    "(decompression bomb?)")
+                    raise DataError(
+                        f"{im.width}x{im.height} pixels exceeds max_pixels={max_pixels} (decompression bomb?)"
+                    )
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                return to_rgb(im)
+                return to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise DataError("file is missing") from None
     except UnidentifiedImageError:
@@ -348,8 +384,9 @@ def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise DataError(f"corrupt or truncated image ({exc})") from None
 
 
-def crop_box(bbox: tuple[float, float, float, float] | None, size: tuple[int, int],
-             margin: float) -> tuple[int, int, int, int] | None:
+def crop_box(
+    bbox: tuple[float, float, float, float] | None, size: tuple[int, int], margin: float
+) -> tuple[int, int, int, int] | None:
     """Integer crop box: the bbox grown by `margin` of its size on each side, clipped to the image."""
     w_img, h_img = size
     if bbox is None:
@@ -383,22 +420,25 @@ def square_resize(img: Image.Image, side: int, fit: str = "pad") -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def load_crop(root: Path, row: dict[str, str], side: int, fit: str = "pad",
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_crop(
+    root: Path, row: dict[str, str], side: int, fit: str = "pad", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Decode one manifest row's crop from the source file on disk (the inference-time path)."""
     img = open_image(safe_path(root, row["source"]), max_pixels)
-    box = tuple(int(row[k]) for k in ("crop_x0", "crop_y0", "crop_x1", "crop_y1"))
-    return square_resize(img.crop(box), side, fit)
+    x0, y0, x1, y1 = (int(row[k]) for k in ("crop_x0", "crop_y0", "crop_x1", "crop_y1"))
+    return square_resize(img.crop((x0, y0, x1, y1)), side, fit)
 
 
 # --------------------------------------------------------------------------- splits
+
 
 def _order_key(seed: int, source: str) -> str:
     return hashlib.sha256(f"{seed}:{source}".encode()).hexdigest()
 
 
-def assign_splits(samples: list[Sample], fractions: tuple[float, float, float], seed: int,
-                  given: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+def assign_splits(
+    samples: list[Sample], fractions: tuple[float, float, float], seed: int, given: dict[str, str] | None = None
+) -> dict[str, tuple[str, str]]:
     """Source photo -> (split, subset), stratified by each photo's majority class, never by crop.
 
     Test photos are further halved into `public` and `private` subsets, as in the competition.
@@ -441,6 +481,7 @@ def assign_splits(samples: list[Sample], fractions: tuple[float, float, float], 
 
 # --------------------------------------------------------------------------- manifest
 
+
 def _fmt(v: float | int | None) -> str:
     if v is None:
         return ""
@@ -477,6 +518,7 @@ def reference_manifest(root: Path) -> Path:
 
 # --------------------------------------------------------------------------- prepare
 
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """Everything that decides the prepared data; stored beside it and compared on reuse."""
@@ -500,8 +542,15 @@ class PrepareConfig:
             raise DataError(f"max_pixels must be positive, got {self.max_pixels}")
 
 
-def _crop_photo(root: Path, source: str, samples: list[Sample], cfg: PrepareConfig) -> tuple[str, list[tuple[Sample, tuple[int, int, int, int], np.ndarray]],
-                                           list[tuple[str, str, str]], list[str], tuple[int, int] | None]:
+def _crop_photo(
+    root: Path, source: str, samples: list[Sample], cfg: PrepareConfig
+) -> tuple[
+    str,
+    list[tuple[Sample, tuple[int, int, int, int], np.ndarray]],
+    list[tuple[str, str, str]],
+    list[str],
+    tuple[int, int] | None,
+]:
     """Decode one photo once and cut all its crops; returns crops, skips and warnings (thread-safe)."""
     skips: list[tuple[str, str, str]] = []
     notes: list[str] = []
@@ -513,19 +562,31 @@ def _crop_photo(root: Path, source: str, samples: list[Sample], cfg: PrepareConf
     out = []
     for s in samples:
         if s.declared_size and s.declared_size != img.size:
-            note = f"{source}: declared size {s.declared_size[0]}x{s.declared_size[1]} != decoded {img.size[0]}x{img.size[1]}"
+            declared = f"{s.declared_size[0]}x{s.declared_size[1]}"
+            note = f"{source}: declared size {declared} != decoded {img.size[0]}x{img.size[1]}"
             if note not in notes:
                 notes.append(note)
         box = crop_box(s.bbox, img.size, cfg.margin)
         if box is None:
-            skips.append((source, f"annotation {s.ann_id}.bbox", f"bbox {s.bbox} lies outside the {img.size[0]}x{img.size[1]} image"))
+            skips.append(
+                (
+                    source,
+                    f"annotation {s.ann_id}.bbox",
+                    f"bbox {s.bbox} lies outside the {img.size[0]}x{img.size[1]} image",
+                )
+            )
             continue
         out.append((s, box, square_resize(img.crop(box), cfg.cache_side, cfg.fit)))
     return source, out, skips, notes, img.size
 
 
-def prepare_dataset(source: str | Path, out_dir: str | Path, config: PrepareConfig = PrepareConfig(),
-                    progress: bool = True, threads: int = 2) -> PreparedData:
+def prepare_dataset(
+    source: str | Path,
+    out_dir: str | Path,
+    config: PrepareConfig = PrepareConfig(),
+    progress: bool = True,
+    threads: int = 2,
+) -> PreparedData:
     """Read a COCO or ImageFolder source, crop, split, and write manifest, crop cache and report to out_dir.
 
     Reuses the cache when the sources (by sha256) and the config are unchanged.
@@ -560,9 +621,15 @@ def prepare_dataset(source: str | Path, out_dir: str | Path, config: PrepareConf
         except (DataError, OSError):
             hashes[p] = ""  # reported by _crop_photo below
 
-    meta = {"format": fmt, "source_root": str(root), "source_name": root.name,
-            "mapping": mapping.name if mapping else None, "config": asdict(config), "classes": classes,
-            "sources_sha256": hashlib.sha256("".join(f"{p}:{hashes[p]}\n" for p in photos).encode()).hexdigest()}
+    meta = {
+        "format": fmt,
+        "source_root": str(root),
+        "source_name": root.name,
+        "mapping": mapping.name if mapping else None,
+        "config": asdict(config),
+        "classes": classes,
+        "sources_sha256": hashlib.sha256("".join(f"{p}:{hashes[p]}\n" for p in photos).encode()).hexdigest(),
+    }
     meta = json.loads(json.dumps(meta))  # tuples -> lists, as they come back from dataset.json
     cached = _load_if_current(out, meta)
     if cached is not None:
@@ -595,22 +662,42 @@ def prepare_dataset(source: str | Path, out_dir: str | Path, config: PrepareConf
         s, box, _, size = kept[i]
         split, subset = splits[s.source]
         bx = s.bbox or (None, None, None, None)
-        rows.append({"sample_id": str(new_id), "source": s.source, "sha256": hashes[s.source],
-                     "src_width": str(size[0]), "src_height": str(size[1]),
-                     "image_id": _fmt(s.image_id), "ann_id": _fmt(s.ann_id), "category": s.category,
-                     "label": s.label, "bbox_x": _fmt(bx[0]), "bbox_y": _fmt(bx[1]), "bbox_w": _fmt(bx[2]),
-                     "bbox_h": _fmt(bx[3]), "crop_x0": str(box[0]), "crop_y0": str(box[1]),
-                     "crop_x1": str(box[2]), "crop_y1": str(box[3]), "split": split, "subset": subset})
-    crops = (np.stack([kept[i][2] for i in order]) if order
-             else np.zeros((0, config.cache_side, config.cache_side, 3), np.uint8))
+        rows.append(
+            {
+                "sample_id": str(new_id),
+                "source": s.source,
+                "sha256": hashes[s.source],
+                "src_width": str(size[0]),
+                "src_height": str(size[1]),
+                "image_id": _fmt(s.image_id),
+                "ann_id": _fmt(s.ann_id),
+                "category": s.category,
+                "label": s.label,
+                "bbox_x": _fmt(bx[0]),
+                "bbox_y": _fmt(bx[1]),
+                "bbox_w": _fmt(bx[2]),
+                "bbox_h": _fmt(bx[3]),
+                "crop_x0": str(box[0]),
+                "crop_y0": str(box[1]),
+                "crop_x1": str(box[2]),
+                "crop_y1": str(box[3]),
+                "split": split,
+                "subset": subset,
+            }
+        )
+    crops = (
+        np.stack([kept[i][2] for i in order])
+        if order
+        else np.zeros((0, config.cache_side, config.cache_side, 3), np.uint8)
+    )
 
     if old_manifest.is_file():
         report.changed_sources = changed_sources(read_manifest(old_manifest), rows)
     ref = reference_manifest(root)
     if ref.is_file():
         report.changed_sources = sorted(set(report.changed_sources) | set(changed_sources(read_manifest(ref), rows)))
-    for s in report.changed_sources:
-        report.warnings.append(f"source file changed since the last manifest: {s}")
+    for changed in report.changed_sources:
+        report.warnings.append(f"source file changed since the last manifest: {changed}")
 
     manifest = manifest_bytes(rows)
     meta["manifest_sha256"] = hashlib.sha256(manifest).hexdigest()
@@ -649,7 +736,9 @@ def load_prepared(data_dir: str | Path) -> PreparedData:
         meta = json.loads((d / "dataset.json").read_text())
         report = json.loads((d / "data_report.json").read_text())
     except FileNotFoundError as exc:
-        raise DataError(f"{d} holds no prepared data set ({exc.filename} missing): run notebook 00 or prepare_dataset") from None
+        raise DataError(
+            f"{d} holds no prepared data set ({exc.filename} missing): run notebook 00 or prepare_dataset"
+        ) from None
     rows = read_manifest(d / "manifest.csv")
     crops = np.load(d / "crops.npy", mmap_mode="r", allow_pickle=False)
     if len(crops) != len(rows):

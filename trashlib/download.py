@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import http.client
@@ -67,17 +68,21 @@ class DownloadSummary:
         return self.failed == 0
 
     def line(self) -> str:
-        return (f"{self.total} images: {self.downloaded} downloaded, {self.present} already present, "
-                f"{self.failed} failed -> {self.manifest}")
+        return (
+            f"{self.total} images: {self.downloaded} downloaded, {self.present} already present, "
+            f"{self.failed} failed -> {self.manifest}"
+        )
 
 
 # --------------------------------------------------------------------------- HTTP
 
+
 class _SafeRedirect(urllib.request.HTTPRedirectHandler):
     """Follows redirects only to http/https (urllib alone would also follow ftp://)."""
 
-    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
-                         newurl: str) -> urllib.request.Request | None:
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
         if urllib.parse.urlsplit(newurl).scheme.lower() not in ALLOWED_SCHEMES:
             raise FetchError(f"redirect to a non-http(s) URL refused: {newurl[:200]}", retry=False)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
@@ -86,8 +91,14 @@ class _SafeRedirect(urllib.request.HTTPRedirectHandler):
 def make_opener() -> urllib.request.OpenerDirector:
     """An opener for http/https only (no file:, ftp: or data: handlers), honouring proxy variables."""
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
-                    urllib.request.HTTPDefaultErrorHandler(), _SafeRedirect(), urllib.request.HTTPErrorProcessor()):
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _SafeRedirect(),
+        urllib.request.HTTPErrorProcessor(),
+    ):
         opener.add_handler(handler)
     return opener
 
@@ -159,8 +170,9 @@ def fetch_once(opener: urllib.request.OpenerDirector, url: str, timeout: float, 
     return body
 
 
-def fetch(opener: urllib.request.OpenerDirector, url: str, *, timeout: float, retries: int, backoff: float,
-          expect_image: bool) -> bytes:
+def fetch(
+    opener: urllib.request.OpenerDirector, url: str, *, timeout: float, retries: int, backoff: float, expect_image: bool
+) -> bytes:
     """fetch_once with up to `retries` more tries after a retryable failure, sleeping backoff * 2**try."""
     for attempt in range(retries + 1):
         try:
@@ -170,11 +182,12 @@ def fetch(opener: urllib.request.OpenerDirector, url: str, *, timeout: float, re
                 if attempt:
                     raise FetchError(f"{exc.reason} (after {attempt + 1} tries)", retry=exc.retry) from None
                 raise
-        time.sleep(backoff * 2 ** attempt)
+        time.sleep(backoff * 2**attempt)
     raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- annotations
+
 
 def _usable_annotations(doc: Any) -> str | None:
     if not isinstance(doc, dict):
@@ -184,8 +197,9 @@ def _usable_annotations(doc: Any) -> str | None:
     return None
 
 
-def get_annotations(root: Path, url: str, *, timeout: float, retries: int, backoff: float,
-                    opener: urllib.request.OpenerDirector) -> tuple[dict[str, Any], bool]:
+def get_annotations(
+    root: Path, url: str, *, timeout: float, retries: int, backoff: float, opener: urllib.request.OpenerDirector
+) -> tuple[dict[str, Any], bool]:
     """TACO's annotations as a dict and whether they were fetched (False: reused root/annotations.json)."""
     path = root / ANNOTATIONS_NAME
     if path.is_file():
@@ -213,6 +227,7 @@ def get_annotations(root: Path, url: str, *, timeout: float, retries: int, backo
 
 # --------------------------------------------------------------------------- images
 
+
 def image_urls(record: dict[str, Any]) -> list[str]:
     """The record's image URLs in preference order (flickr_url, then flickr_640_url), without repeats."""
     urls: list[str] = []
@@ -239,8 +254,17 @@ def remove_stale_temps(root: Path, expected: set[Path]) -> int:
     return removed
 
 
-def download_image(root: Path, record: Any, index: int, *, reserved: set[Path], timeout: float, retries: int,
-                   backoff: float, opener: urllib.request.OpenerDirector) -> dict[str, str]:
+def download_image(
+    root: Path,
+    record: Any,
+    index: int,
+    *,
+    reserved: set[Path],
+    timeout: float,
+    retries: int,
+    backoff: float,
+    opener: urllib.request.OpenerDirector,
+) -> dict[str, str]:
     """One image record -> a manifest row (plus a `reason` when it failed)."""
     if not isinstance(record, dict):
         return _failed(f"images[{index}]", "", f"images[{index}] is not an object")
@@ -250,7 +274,7 @@ def download_image(root: Path, record: Any, index: int, *, reserved: set[Path], 
     name = fn if isinstance(fn, str) and fn else f"images[{index}]"
     try:
         path = safe_path(root, fn)
-        fn.encode("utf-8")  # a lone surrogate escape would name a file no manifest can hold
+        str(fn).encode("utf-8")  # a lone surrogate escape would name a file no manifest can hold
     except (DataError, UnicodeEncodeError) as exc:
         return _failed(name, url, f"unsafe file_name: {exc}")
     if path == root.resolve() or path in reserved:
@@ -280,8 +304,13 @@ def download_image(root: Path, record: Any, index: int, *, reserved: set[Path], 
 
 
 def _row(name: str, url: str, data: bytes, status: str) -> dict[str, str]:
-    return {"file_name": name, "url": url, "bytes": str(len(data)), "sha256": hashlib.sha256(data).hexdigest(),
-            "status": status}
+    return {
+        "file_name": name,
+        "url": url,
+        "bytes": str(len(data)),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "status": status,
+    }
 
 
 def _failed(name: str, url: str, reason: str) -> dict[str, str]:
@@ -298,9 +327,17 @@ def manifest_bytes(rows: list[dict[str, str]]) -> bytes:
 
 # --------------------------------------------------------------------------- the run
 
-def download_taco(out_dir: str | Path, annotations_url: str = DEFAULT_ANNOTATIONS_URL, *, workers: int = 4,
-                  retries: int = 3, backoff: float = 1.0, timeout: float = 30.0,
-                  progress: bool = False) -> DownloadSummary:
+
+def download_taco(
+    out_dir: str | Path,
+    annotations_url: str = DEFAULT_ANNOTATIONS_URL,
+    *,
+    workers: int = 4,
+    retries: int = 3,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+    progress: bool = False,
+) -> DownloadSummary:
     """Fetch TACO's annotations and images into out_dir; resumable, every file written atomically.
 
     Images already present and decodable are not fetched again; failures are listed, never half-written.
@@ -327,10 +364,8 @@ def download_taco(out_dir: str | Path, annotations_url: str = DEFAULT_ANNOTATION
 
     expected = set(reserved)
     for rec in records:
-        try:
+        with contextlib.suppress(DataError):
             expected.add(safe_path(root, rec.get("file_name") if isinstance(rec, dict) else None))
-        except DataError:
-            pass
     remove_stale_temps(root.resolve(), expected)
 
     rows: list[dict[str, str] | None] = [None] * len(records)
@@ -349,21 +384,48 @@ def download_taco(out_dir: str | Path, annotations_url: str = DEFAULT_ANNOTATION
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="taco-download")
     try:
-        futures = {pool.submit(download_image, root, records[i], i, reserved=reserved, timeout=timeout,
-                               retries=retries, backoff=backoff, opener=opener): i for i in jobs}
+        futures = {
+            pool.submit(
+                download_image,
+                root,
+                records[i],
+                i,
+                reserved=reserved,
+                timeout=timeout,
+                retries=retries,
+                backoff=backoff,
+                opener=opener,
+            ): i
+            for i in jobs
+        }
         for fut in tqdm(as_completed(futures), total=len(futures), desc="images", disable=not progress):
             rows[futures[fut]] = fut.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
     done = [r for r in rows if r is not None]
-    failures = [{"file_name": r["file_name"], "url": r["url"], "reason": r["reason"]}
-                for r in done if r["status"] == "failed"]
-    summary = DownloadSummary(total=len(done), downloaded=sum(r["status"] == "downloaded" for r in done),
-                              present=sum(r["status"] == "present" for r in done), failed=len(failures),
-                              failures=failures, manifest=root / MANIFEST_NAME, report=root / REPORT_NAME)
+    failures = [
+        {"file_name": r["file_name"], "url": r["url"], "reason": r["reason"]} for r in done if r["status"] == "failed"
+    ]
+    summary = DownloadSummary(
+        total=len(done),
+        downloaded=sum(r["status"] == "downloaded" for r in done),
+        present=sum(r["status"] == "present" for r in done),
+        failed=len(failures),
+        failures=failures,
+        manifest=root / MANIFEST_NAME,
+        report=root / REPORT_NAME,
+    )
     atomic_write_bytes(root / MANIFEST_NAME, manifest_bytes(done))
-    atomic_write_json(root / REPORT_NAME, {
-        "annotations_url": annotations_url, "total": summary.total, "downloaded": summary.downloaded,
-        "present": summary.present, "failed": summary.failed, "failures": failures})
+    atomic_write_json(
+        root / REPORT_NAME,
+        {
+            "annotations_url": annotations_url,
+            "total": summary.total,
+            "downloaded": summary.downloaded,
+            "present": summary.present,
+            "failed": summary.failed,
+            "failures": failures,
+        },
+    )
     return summary

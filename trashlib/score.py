@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TypedDict
 
 PUBLISHED_F1_REF = 0.70
 PUBLISHED_T_REF = 43.16
 
 
-def competition_score(
-    f1: float, t: float, f1_ref: float = PUBLISHED_F1_REF, t_ref: float = PUBLISHED_T_REF
-) -> float:
+def competition_score(f1: float, t: float, f1_ref: float = PUBLISHED_F1_REF, t_ref: float = PUBLISHED_T_REF) -> float:
     """``0.5 * t / t_ref + sigmoid(20 * (f1_ref - f1))``; lower is better.
 
     ``f1`` is the macro-F1 in [0, 1], ``t`` the inference time in seconds (> 0).
@@ -56,9 +55,16 @@ def _check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
-def score_candidate(f1: float, t: float, baseline_f1: float | None = None,
-                    baseline_t: float | None = None) -> dict[str, float | None]:
+class Scores(TypedDict):
+    """One candidate's scores: with the published constants, and against the baseline (None without one)."""
+
+    score_published: float
+    score_relative: float | None
+
+
+def score_candidate(f1: float, t: float, baseline_f1: float | None = None, baseline_t: float | None = None) -> Scores:
     """Both scores of one candidate: with the published constants and, when given, against the baseline."""
-    relative = (relative_score(f1, t, baseline_f1, baseline_t)
-                if baseline_f1 is not None and baseline_t is not None else None)
-    return {"score_published": competition_score(f1, t), "score_relative": relative}
+    relative = (
+        relative_score(f1, t, baseline_f1, baseline_t) if baseline_f1 is not None and baseline_t is not None else None
+    )
+    return Scores(score_published=competition_score(f1, t), score_relative=relative)

@@ -131,25 +131,59 @@ Rgb = tuple[float, float, float]
 
 # Palettes shared between classes on purpose: colour alone must not give the class away.
 PRINT_COLOURS: tuple[Rgb, ...] = (
-    (200, 30, 35), (30, 70, 170), (30, 130, 60), (230, 190, 40), (235, 120, 30),
-    (240, 240, 235), (25, 25, 30), (120, 40, 140), (90, 180, 220), (200, 200, 205),
+    (200, 30, 35),
+    (30, 70, 170),
+    (30, 130, 60),
+    (230, 190, 40),
+    (235, 120, 30),
+    (240, 240, 235),
+    (25, 25, 30),
+    (120, 40, 140),
+    (90, 180, 220),
+    (200, 200, 205),
 )
 BAG_COLOURS: tuple[Rgb, ...] = (
-    (235, 235, 230), (240, 240, 240), (40, 90, 180), (200, 40, 40),
-    (235, 210, 60), (40, 40, 45), (60, 150, 80), (225, 225, 235),
+    (235, 235, 230),
+    (240, 240, 240),
+    (40, 90, 180),
+    (200, 40, 40),
+    (235, 210, 60),
+    (40, 40, 45),
+    (60, 150, 80),
+    (225, 225, 235),
 )
 CAP_COLOURS: tuple[Rgb, ...] = (
-    (30, 80, 200), (230, 230, 230), (210, 40, 40), (40, 160, 70), (240, 140, 30), (20, 20, 20),
+    (30, 80, 200),
+    (230, 230, 230),
+    (210, 40, 40),
+    (40, 160, 70),
+    (240, 140, 30),
+    (20, 20, 20),
 )
 # Class-typical body colours; each overlaps the others' palettes in a colour or two.
 CAN_COLOURS: tuple[Rgb, ...] = (
-    (200, 30, 35), (30, 70, 170), (25, 25, 30), (200, 165, 60), (30, 130, 60), (195, 195, 200),
+    (200, 30, 35),
+    (30, 70, 170),
+    (25, 25, 30),
+    (200, 165, 60),
+    (30, 130, 60),
+    (195, 195, 200),
 )
 CARTON_COLOURS: tuple[Rgb, ...] = (
-    (240, 240, 235), (235, 120, 30), (230, 190, 40), (90, 180, 220), (30, 130, 60), (200, 30, 35),
+    (240, 240, 235),
+    (235, 120, 30),
+    (230, 190, 40),
+    (90, 180, 220),
+    (30, 130, 60),
+    (200, 30, 35),
 )
 BOTTLE_COLOURS: tuple[Rgb, ...] = (
-    (240, 240, 240), (150, 200, 230), (230, 200, 60), (230, 160, 190), (60, 150, 80), (40, 90, 180),
+    (240, 240, 240),
+    (150, 200, 230),
+    (230, 200, 60),
+    (230, 160, 190),
+    (60, 150, 80),
+    (40, 90, 180),
 )
 
 
@@ -227,15 +261,13 @@ def _cylinder(rng: np.random.Generator, w: int) -> tuple[np.ndarray, np.ndarray]
     return diffuse.astype(np.float32), spec.astype(np.float32)
 
 
-def _blob_points(
-    rng: np.random.Generator, w: int, h: int, n: int, roughness: float
-) -> list[tuple[float, float]]:
+def _blob_points(rng: np.random.Generator, w: int, h: int, n: int, roughness: float) -> list[tuple[float, float]]:
     """A random star-shaped polygon filling a w x h box (crumpled sheets, bags, foam)."""
     angles = (np.arange(n) + rng.uniform(-0.35, 0.35, n)) * (2 * np.pi / n)
     radii = 1.0 - roughness * rng.random(n)
     xs = (w - 1) / 2 * (1 + radii * np.cos(angles))
     ys = (h - 1) / 2 * (1 + radii * np.sin(angles))
-    return list(zip(xs.tolist(), ys.tolist()))
+    return list(zip(xs.tolist(), ys.tolist(), strict=True))
 
 
 def _random_lines(
@@ -338,9 +370,7 @@ def _bottle_mask(
     return body, _arr(img)
 
 
-def _cup_masks(
-    rng: np.random.Generator, size: int
-) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+def _cup_masks(rng: np.random.Generator, size: int) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
     """Width, height, body, rim and opening masks of a cup seen from the side, slightly above."""
     h, w = size, _dim(size * rng.uniform(0.6, 0.85))
     bottom = w * rng.uniform(0.55, 0.75)
@@ -517,7 +547,7 @@ def _paper_bag(rng: np.random.Generator, size: int) -> Layer:
     top = rng.uniform(0.0, 0.08) * h
     teeth = np.linspace(0, w - 1, int(rng.integers(6, 14)))
     serration = [(x, top + (3 if k % 2 else 0)) for k, x in enumerate(teeth)]
-    d.polygon(serration + [(w - 1, h - 1), (0, h - 1)], fill=255)
+    d.polygon([*serration, (w - 1, h - 1), (0, h - 1)], fill=255)
     body = _arr(img)
     if rng.random() < 0.2:  # white paper bag
         colour = np.full(3, rng.uniform(215, 240), np.float32)
@@ -832,10 +862,10 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     d = ImageDraw.Draw(img)
     if ground == "pavement":
         step = int(rng.integers(40, 90))
-        for x in range(int(rng.integers(step)), width, step):
-            d.line((x, 0, x, height), fill=(100, 100, 98), width=2)
-        for y in range(int(rng.integers(step)), height, step):
-            d.line((0, y, width, y), fill=(100, 100, 98), width=2)
+        for col in range(int(rng.integers(step)), width, step):
+            d.line((col, 0, col, height), fill=(100, 100, 98), width=2)
+        for row in range(int(rng.integers(step)), height, step):
+            d.line((0, row, width, row), fill=(100, 100, 98), width=2)
     if ground == "grass":
         for _ in range(int(rng.integers(150, 300))):
             x, y = rng.uniform(0, width), rng.uniform(0, height)
@@ -1068,10 +1098,7 @@ def make_synthetic_coco(
         raise ValueError(f"seed must be non-negative, got {seed}")
     size = tuple(operator.index(v) for v in image_size)
     if len(size) != 2 or min(size) < MIN_IMAGE_SIDE:
-        raise ValueError(
-            f"image_size must be (width, height), both at least {MIN_IMAGE_SIDE}; "
-            f"got {image_size!r}"
-        )
+        raise ValueError(f"image_size must be (width, height), both at least {MIN_IMAGE_SIDE}; got {image_size!r}")
     width, height = size
     out_dir = Path(out_dir)
     info = _info(n_images, seed, (width, height))

@@ -9,7 +9,7 @@ import random
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from trashlib.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ModelError,
+    ModelSpec,
     atomic_torch_save,
     check_image_size,
     safe_torch_load,
@@ -50,6 +51,10 @@ class TrainError(ValueError):
 
 class CheckpointMismatch(TrainError):
     """The checkpoint on disk was written by a run with other settings or data."""
+
+
+# TrainConfig fields that come from the model's spec (and the teacher's), never from a notebook's parameters
+_SPEC_FIELDS = ("image_size", "mean", "std", "teacher_image_size", "teacher_mean", "teacher_std")
 
 
 @dataclass
@@ -86,8 +91,7 @@ class TrainConfig:
         _check_real("TrainConfig.lr", self.lr, low=0.0, low_open=True)
         _check_real("TrainConfig.weight_decay", self.weight_decay, low=0.0)
         _check_choice("TrainConfig.schedule", self.schedule, SCHEDULES)
-        _check_real("TrainConfig.label_smoothing", self.label_smoothing, low=0.0, high=1.0,
-                    high_open=True)
+        _check_real("TrainConfig.label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
         _check_choice("TrainConfig.imbalance", self.imbalance, IMBALANCE_MODES)
         _check_real("TrainConfig.augment", self.augment, low=0.0, high=1.0)
         _check_choice("TrainConfig.augment_policy", self.augment_policy, AUGMENT_POLICIES)
@@ -101,22 +105,44 @@ class TrainConfig:
             _check_int("TrainConfig.threads", self.threads, minimum=1)
         if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda", "auto"):
             raise TrainError(f"TrainConfig.device must be 'cpu', 'cuda[:N]' or 'auto', got {self.device!r}")
-        _check_real("TrainConfig.distill_temperature", self.distill_temperature, low=0.0,
-                    low_open=True)
+        _check_real("TrainConfig.distill_temperature", self.distill_temperature, low=0.0, low_open=True)
         _check_real("TrainConfig.distill_alpha", self.distill_alpha, low=0.0, high=1.0)
         if self.teacher_image_size is not None:
             _check_size("TrainConfig.teacher_image_size", self.teacher_image_size)
         if self.teacher_mean is not None:
-            self.teacher_mean = _check_triple("TrainConfig.teacher_mean", self.teacher_mean,
-                                              positive=False)
+            self.teacher_mean = _check_triple("TrainConfig.teacher_mean", self.teacher_mean, positive=False)
         if self.teacher_std is not None:
-            self.teacher_std = _check_triple("TrainConfig.teacher_std", self.teacher_std,
-                                             positive=True)
+            self.teacher_std = _check_triple("TrainConfig.teacher_std", self.teacher_std, positive=True)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (tuples become lists)."""
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items()}
+        return {
+            key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_params(cls, spec: ModelSpec, params: Mapping[str, Any], **overrides: Any) -> TrainConfig:
+        """A notebook's training recipe for ``spec``'s model: the ``TrainConfig`` fields among the notebook's
+        parameters (``params``; a ``patience`` of 0 means none), then ``overrides``."""
+        fields = {f.name for f in dataclasses.fields(cls)} - set(_SPEC_FIELDS)
+        knobs = {key: value for key, value in params.items() if key in fields}
+        if knobs.get("patience") == 0:
+            knobs["patience"] = None
+        return cls.for_spec(spec, **{**knobs, **overrides})
+
+    @classmethod
+    def for_spec(cls, spec: ModelSpec, *, teacher: ModelSpec | None = None, **knobs: Any) -> TrainConfig:
+        """Settings that feed ``spec``'s model at its own input size and normalisation (and a ``teacher``, for
+        distillation, at its own), with the other fields from ``knobs``."""
+        return cls(
+            image_size=spec.image_size,
+            mean=spec.mean,
+            std=spec.std,
+            teacher_image_size=teacher.image_size if teacher else None,
+            teacher_mean=teacher.mean if teacher else None,
+            teacher_std=teacher.std if teacher else None,
+            **knobs,
+        )
 
 
 @dataclass
@@ -135,8 +161,21 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the model, ready for metrics.json."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "model"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
+
+
+def teacher_config(spec: ModelSpec, params: Mapping[str, Any]) -> TrainConfig:
+    """Notebook 01's recipe for fine-tuning the pretrained EfficientNet-Lite0 teacher from the notebook's parameters
+    (``teacher_epochs``, ``teacher_lr`` and the shared knobs; AdamW, cosine schedule, no early stopping)."""
+    return TrainConfig.from_params(
+        spec,
+        params,
+        epochs=params["teacher_epochs"],
+        lr=params["teacher_lr"],
+        optimizer="adamw",
+        schedule="cosine",
+        patience=None,
+    )
 
 
 def epochs_per_minute(history: list[dict[str, float]]) -> float:
@@ -162,9 +201,7 @@ def preprocess(
     """uint8 NHWC RGB -> float32 NCHW (channels-last strides) at ``image_size``, normalised."""
     x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise TrainError(
-            f"images must be uint8 of shape (N, H, W, 3), got {x.dtype} {tuple(x.shape)}"
-        )
+        raise TrainError(f"images must be uint8 of shape (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
     return _to_model_input(x.permute(0, 3, 1, 2), image_size, mean, std)
 
 
@@ -172,8 +209,9 @@ def predict_logits(
     model: nn.Module,
     images: np.ndarray,
     image_size: int,
+    *,
     batch_size: int = 64,
-    normalization: dict[str, Sequence[float]] | None = None,
+    normalization: Mapping[str, Sequence[float]] | None = None,
     device: str = "cpu",
 ) -> np.ndarray:
     """Logits (N, num_classes) float32 of a uint8 NHWC array, in eval mode, batch by batch."""
@@ -186,7 +224,7 @@ def predict_logits(
     try:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                x = preprocess(images[start:start + batch_size], image_size, mean, std)
+                x = preprocess(images[start : start + batch_size], image_size, mean, std)
                 outputs.append(model(x.to(device)).float().cpu())
     finally:
         model.train(was_training)
@@ -199,23 +237,22 @@ def evaluate(
     labels: np.ndarray,
     class_names: Sequence[str],
     image_size: int,
+    *,
     batch_size: int = 64,
-    normalization: dict[str, Sequence[float]] | None = None,
+    normalization: Mapping[str, Sequence[float]] | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Macro-F1, accuracy, loss, per-class scores, confusion matrix and predictions."""
     _check_labels("labels", labels, len(images), len(class_names))
-    logits = predict_logits(model, images, image_size, batch_size, normalization, device)
+    logits = predict_logits(
+        model, images, image_size, batch_size=batch_size, normalization=normalization, device=device
+    )
     if logits.shape[1] != len(class_names):
-        raise TrainError(
-            f"model outputs {logits.shape[1]} classes but class_names has {len(class_names)}"
-        )
+        raise TrainError(f"model outputs {logits.shape[1]} classes but class_names has {len(class_names)}")
     return classification_metrics(logits, labels, class_names)
 
 
-def classification_metrics(
-    logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
-) -> dict[str, Any]:
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """Scores of logits against integer labels (scikit-learn, zero_division=0)."""
     indices = list(range(len(class_names)))
     predictions = logits.argmax(axis=1)
@@ -225,14 +262,17 @@ def classification_metrics(
     )
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     return {
-        "macro_f1": float(f1_score(labels, predictions, labels=indices, average="macro",
-                                   zero_division=0)),
+        "macro_f1": float(f1_score(labels, predictions, labels=indices, average="macro", zero_division=0)),
         "accuracy": float((predictions == labels).mean()),
         "loss": float(loss),
-        "n": int(len(labels)),
+        "n": len(labels),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                   "f1": float(f1[i]), "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(class_names)
         },
         "confusion_matrix": confusion_matrix(labels, predictions, labels=indices).tolist(),
@@ -250,31 +290,17 @@ def build_augmentation(strength: float, policy: str = "randaugment") -> v2.Trans
         return None
     if policy == "randaugment":
         magnitude = round(strength * (RANDAUGMENT_BINS - 1))
-        color: v2.Transform = v2.RandAugment(num_ops=2, magnitude=magnitude,
-                                             num_magnitude_bins=RANDAUGMENT_BINS)
+        color: v2.Transform = v2.RandAugment(num_ops=2, magnitude=magnitude, num_magnitude_bins=RANDAUGMENT_BINS)
     else:
         color = v2.RandomApply([v2.TrivialAugmentWide()], p=strength)
-    return v2.Compose([
-        v2.RandomHorizontalFlip(),
-        v2.RandomVerticalFlip(),
-        v2.RandomRotation(MAX_ROTATION_DEGREES * strength),
-        color,
-    ])
-
-
-def distillation_config(spec: dict[str, Any], teacher_spec: dict[str, Any] | None, epochs: int, lr: float,
-                        batch_size: int = 32, temperature: float = 4.0, alpha: float = 0.5, augment: float = 0.3,
-                        weight_decay: float = 0.01, seed: int = 0, threads: int | None = None,
-                        device: str = "cpu") -> TrainConfig:
-    """Fine-tuning settings for a student with the spec (input size, normalisation) of the model it came
-    from, distilled from a teacher fed at the teacher's own size and normalisation."""
-    teacher_spec = teacher_spec or {}
-    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, augment=augment,
-                       image_size=spec["image_size"], mean=tuple(spec["mean"]), std=tuple(spec["std"]), seed=seed,
-                       threads=threads, device=device, distill_temperature=temperature, distill_alpha=alpha,
-                       teacher_image_size=teacher_spec.get("image_size"),
-                       teacher_mean=tuple(teacher_spec["mean"]) if teacher_spec else None,
-                       teacher_std=tuple(teacher_spec["std"]) if teacher_spec else None)
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomRotation(MAX_ROTATION_DEGREES * strength),
+            color,
+        ]
+    )
 
 
 def train_model(
@@ -282,6 +308,7 @@ def train_model(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
     config: TrainConfig,
+    *,
     checkpoint_path: Path | None = None,
     teacher: nn.Module | None = None,
     progress: bool = True,
@@ -306,15 +333,27 @@ def train_model(
     _check_images("train images", train_x)
     _check_images("val images", val_x)
     device = _resolve_device(config.device)
-    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled())
+    previous = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(model, train_x, train_y, val_x, val_y, config, device,
-                      None if checkpoint_path is None else Path(checkpoint_path), teacher, progress,
-                      on_epoch, restart_other_runs)
+        return _train(
+            model,
+            (train_x, train_y),
+            (val_x, val_y),
+            config,
+            device,
+            checkpoint_path=None if checkpoint_path is None else Path(checkpoint_path),
+            teacher=teacher,
+            progress=progress,
+            on_epoch=on_epoch,
+            restart_other_runs=restart_other_runs,
+        )
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
@@ -322,12 +361,11 @@ def train_model(
 
 def _train(
     model: nn.Module,
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    val_x: np.ndarray,
-    val_y: np.ndarray,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
     config: TrainConfig,
     device: torch.device,
+    *,
     checkpoint_path: Path | None,
     teacher: nn.Module | None,
     progress: bool,
@@ -335,7 +373,8 @@ def _train(
     restart_other_runs: bool,
 ) -> TrainResult:
     started = time.perf_counter()
-    model.to(device, memory_format=torch.channels_last)  # ~1.8x faster convolutions on CPU
+    (train_x, train_y), (val_x, val_y) = train, val
+    model.to(device).to(memory_format=torch.channels_last)  # ~1.8x faster convolutions on CPU
     num_classes = _output_classes(model, val_x[:1], config, device)
     _check_labels("train labels", train_y, len(train_x), num_classes)
     _check_labels("val labels", val_y, len(val_x), num_classes)
@@ -357,8 +396,7 @@ def _train(
     teacher_std = config.teacher_std or config.std
 
     run_identity = {
-        "config": {key: value for key, value in dataclasses.asdict(config).items()
-                   if key not in RESUME_FREE_FIELDS},
+        "config": {key: value for key, value in dataclasses.asdict(config).items() if key not in RESUME_FREE_FIELDS},
         "data": _fingerprint(train_x, train_y, val_x, val_y),
         "distillation": teacher is not None,
         "initial_weights": weights_sha256(model),  # a retrained source or teacher must not resume stale
@@ -366,14 +404,20 @@ def _train(
     }
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     augment_gen = torch.Generator().manual_seed(config.seed + 1)
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best_f1": -1.0, "best_epoch": 0,
-                             "best_state": _copy_state(model), "bad_epochs": 0,
-                             "finished": False, "stopped_early": False}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "history": [],
+        "best_f1": -1.0,
+        "best_epoch": 0,
+        "best_state": _copy_state(model),
+        "bad_epochs": 0,
+        "finished": False,
+        "stopped_early": False,
+    }
     resumed_from = 0
     try:
         if checkpoint_path is not None and checkpoint_path.exists():
-            state = _restore(checkpoint_path, run_identity, model, optimizer, scheduler,
-                             shuffle_gen, augment_gen)
+            state = _restore(checkpoint_path, run_identity, (model, optimizer, scheduler), (shuffle_gen, augment_gen))
             resumed_from = state["epoch"]
         else:
             seed_everything(config.seed)
@@ -383,8 +427,14 @@ def _train(
         print(f"{error}: starting afresh")
         seed_everything(config.seed)
 
-    bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch,
-               disable=not progress, desc="train", unit="batch", mininterval=10.0)
+    bar = tqdm(
+        total=config.epochs * steps_per_epoch,
+        initial=state["epoch"] * steps_per_epoch,
+        disable=not progress,
+        desc="train",
+        unit="batch",
+        mininterval=10.0,
+    )
     last_f1 = f"{state['history'][-1]['val_macro_f1']:.3f}" if state["history"] else "-"
     try:
         while not state["finished"]:
@@ -394,18 +444,17 @@ def _train(
             model.train()
             total_loss = 0.0
             for step in range(steps_per_epoch):
-                index = order[step * batch:(step + 1) * batch].numpy()
+                index = order[step * batch : (step + 1) * batch].numpy()
                 raw = torch.from_numpy(train_x[index]).permute(0, 3, 1, 2)
                 raw = _augment(raw, augmentation, augment_gen)
                 targets = train_labels[index].to(device)
-                logits = model(_to_model_input(raw, config.image_size, config.mean,
-                                               config.std).to(device))
-                loss = F.cross_entropy(logits, targets, weight=class_weights,
-                                       label_smoothing=config.label_smoothing)
+                logits = model(_to_model_input(raw, config.image_size, config.mean, config.std).to(device))
+                loss = F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=config.label_smoothing)
                 if teacher is not None:
                     with torch.no_grad():
-                        teacher_logits = teacher(_to_model_input(raw, teacher_size, teacher_mean,
-                                                                 teacher_std).to(device))
+                        teacher_logits = teacher(
+                            _to_model_input(raw, teacher_size, teacher_mean, teacher_std).to(device)
+                        )
                     loss = _distillation_loss(logits, teacher_logits, loss, config)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -414,39 +463,51 @@ def _train(
                 total_loss += loss.item()
                 bar.update(1)
                 bar.set_postfix(loss=f"{total_loss / (step + 1):.3f}", val_f1=last_f1)
-            val_logits = predict_logits(model, val_x, config.image_size, config.batch_size,
-                                        {"mean": config.mean, "std": config.std}, str(device))
-            val_metrics = classification_metrics(val_logits, val_y,
-                                                 [str(i) for i in range(num_classes)])
+            val_logits = predict_logits(
+                model,
+                val_x,
+                config.image_size,
+                batch_size=config.batch_size,
+                normalization={"mean": config.mean, "std": config.std},
+                device=str(device),
+            )
+            val_metrics = classification_metrics(val_logits, val_y, [str(i) for i in range(num_classes)])
             state["epoch"] += 1
-            state["history"].append({
-                "epoch": state["epoch"],
-                "train_loss": total_loss / steps_per_epoch,
-                "val_loss": val_metrics["loss"],
-                "val_macro_f1": val_metrics["macro_f1"],
-                "val_accuracy": val_metrics["accuracy"],
-                "lr": lr,
-                "epoch_seconds": time.perf_counter() - epoch_start,
-            })
+            state["history"].append(
+                {
+                    "epoch": state["epoch"],
+                    "train_loss": total_loss / steps_per_epoch,
+                    "val_loss": val_metrics["loss"],
+                    "val_macro_f1": val_metrics["macro_f1"],
+                    "val_accuracy": val_metrics["accuracy"],
+                    "lr": lr,
+                    "epoch_seconds": time.perf_counter() - epoch_start,
+                }
+            )
             if val_metrics["macro_f1"] > state["best_f1"]:
-                state.update(best_f1=val_metrics["macro_f1"], best_epoch=state["epoch"],
-                             best_state=_copy_state(model), bad_epochs=0)
+                state.update(
+                    best_f1=val_metrics["macro_f1"],
+                    best_epoch=state["epoch"],
+                    best_state=_copy_state(model),
+                    bad_epochs=0,
+                )
             else:
                 state["bad_epochs"] += 1
-            state["stopped_early"] = (config.patience is not None
-                                      and state["bad_epochs"] >= config.patience)
+            state["stopped_early"] = config.patience is not None and state["bad_epochs"] >= config.patience
             state["finished"] = state["stopped_early"] or state["epoch"] >= config.epochs
             last_f1 = f"{val_metrics['macro_f1']:.3f}"
             bar.set_postfix(loss=f"{state['history'][-1]['train_loss']:.3f}", val_f1=last_f1)
             if checkpoint_path is not None:
-                _write_checkpoint(checkpoint_path, _snapshot(state, run_identity, model, optimizer,
-                                                             scheduler, shuffle_gen, augment_gen))
+                _write_checkpoint(
+                    checkpoint_path,
+                    _snapshot(state, run_identity, (model, optimizer, scheduler), (shuffle_gen, augment_gen)),
+                )
             if on_epoch is not None:
                 on_epoch(state["epoch"], dict(state["history"][-1]))
     finally:
         bar.close()
     model.load_state_dict(state["best_state"])
-    model.to("cpu", memory_format=torch.contiguous_format)  # evaluation and timing run on the CPU, the robot's
+    model.to("cpu").to(memory_format=torch.contiguous_format)  # evaluation and timing run on the CPU, the robot's
     if teacher is not None:
         teacher.to("cpu")
     model.eval()
@@ -463,19 +524,16 @@ def _train(
     )
 
 
-def _to_model_input(x: torch.Tensor, image_size: int, mean: Sequence[float],
-                    std: Sequence[float]) -> torch.Tensor:
+def _to_model_input(x: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     x = x.float().div_(255.0)
     if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True,
-                          align_corners=False)
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return x.sub_(mean_t).div_(std_t).contiguous(memory_format=torch.channels_last)
 
 
-def _augment(raw: torch.Tensor, augmentation: v2.Transform | None,
-             generator: torch.Generator) -> torch.Tensor:
+def _augment(raw: torch.Tensor, augmentation: v2.Transform | None, generator: torch.Generator) -> torch.Tensor:
     """Augment each uint8 CHW image; the randomness comes from ``generator`` only."""
     if augmentation is None:
         return raw
@@ -485,20 +543,24 @@ def _augment(raw: torch.Tensor, augmentation: v2.Transform | None,
         return torch.stack([augmentation(image) for image in raw])
 
 
-def _distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor,
-                       config: TrainConfig) -> torch.Tensor:
+def _distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, config: TrainConfig
+) -> torch.Tensor:
     if teacher.shape != student.shape:
-        raise TrainError(
-            f"teacher outputs shape {tuple(teacher.shape)} but the student {tuple(student.shape)}"
-        )
+        raise TrainError(f"teacher outputs shape {tuple(teacher.shape)} but the student {tuple(student.shape)}")
     t = config.distill_temperature
-    soft = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher.float() / t, dim=1),
-                    reduction="batchmean", log_target=True) * (t * t)
+    soft = F.kl_div(
+        F.log_softmax(student / t, dim=1),
+        F.log_softmax(teacher.float() / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
     return config.distill_alpha * soft + (1.0 - config.distill_alpha) * hard_loss
 
 
-def _epoch_order(labels: torch.Tensor, counts: torch.Tensor, imbalance: str,
-                 generator: torch.Generator) -> torch.Tensor:
+def _epoch_order(
+    labels: torch.Tensor, counts: torch.Tensor, imbalance: str, generator: torch.Generator
+) -> torch.Tensor:
     if imbalance == "sampler":
         weights = (1.0 / counts.clamp(min=1))[labels]
         return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
@@ -508,18 +570,17 @@ def _epoch_order(labels: torch.Tensor, counts: torch.Tensor, imbalance: str,
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)
     return torch.optim.SGD(groups, lr=config.lr, momentum=SGD_MOMENTUM, nesterov=True)
 
 
-def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
-                                                   total_steps=total_steps)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
 
     def cosine(step: int) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
@@ -541,8 +602,13 @@ def _rng_state(shuffle_gen: torch.Generator, augment_gen: torch.Generator) -> di
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)),
-                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "numpy": {
+            "kind": np_kind,
+            "keys": torch.from_numpy(np.asarray(np_keys).astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
         "python": random.getstate(),
         "shuffle": shuffle_gen.get_state(),
         "augment": augment_gen.get_state(),
@@ -552,12 +618,18 @@ def _rng_state(shuffle_gen: torch.Generator, augment_gen: torch.Generator) -> di
     return state
 
 
-def _set_rng_state(state: dict[str, Any], shuffle_gen: torch.Generator,
-                   augment_gen: torch.Generator) -> None:
+def _set_rng_state(state: dict[str, Any], shuffle_gen: torch.Generator, augment_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
-                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["gauss"]))
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["gauss"],
+        )
+    )
     random.setstate(state["python"])
     shuffle_gen.set_state(state["shuffle"])
     augment_gen.set_state(state["augment"])
@@ -565,9 +637,17 @@ def _set_rng_state(state: dict[str, Any], shuffle_gen: torch.Generator,
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _snapshot(state: dict[str, Any], run_identity: dict[str, Any], model: nn.Module,
-              optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-              shuffle_gen: torch.Generator, augment_gen: torch.Generator) -> dict[str, Any]:
+_Trainable = tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]
+
+
+def _snapshot(
+    state: dict[str, Any],
+    run_identity: dict[str, Any],
+    trainable: _Trainable,
+    generators: tuple[torch.Generator, torch.Generator],
+) -> dict[str, Any]:
+    model, optimizer, scheduler = trainable
+    shuffle_gen, augment_gen = generators
     return {
         "format": TRAIN_CHECKPOINT_FORMAT,
         "run": run_identity,
@@ -584,21 +664,27 @@ def _write_checkpoint(path: Path, snapshot: dict[str, Any]) -> None:
     atomic_torch_save(snapshot, path)
 
 
-def _restore(path: Path, run_identity: dict[str, Any], model: nn.Module,
-             optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-             shuffle_gen: torch.Generator, augment_gen: torch.Generator) -> dict[str, Any]:
+def _restore(
+    path: Path,
+    run_identity: dict[str, Any],
+    trainable: _Trainable,
+    generators: tuple[torch.Generator, torch.Generator],
+) -> dict[str, Any]:
+    model, optimizer, scheduler = trainable
+    shuffle_gen, augment_gen = generators
     try:
         snapshot = safe_torch_load(path)
     except ModelError as error:
         raise TrainError(f"cannot resume from checkpoint: {error}") from error
     if not isinstance(snapshot, dict) or snapshot.get("format") != TRAIN_CHECKPOINT_FORMAT:
-        raise TrainError(
-            f"{path} is not a trashlib training checkpoint; delete it or pick another path"
-        )
+        raise TrainError(f"{path} is not a trashlib training checkpoint; delete it or pick another path")
     stored = snapshot["run"]
     if stored != run_identity:
-        changed = sorted(key for key in set(stored["config"]) | set(run_identity["config"])
-                         if stored["config"].get(key) != run_identity["config"].get(key))
+        changed = sorted(
+            key
+            for key in set(stored["config"]) | set(run_identity["config"])
+            if stored["config"].get(key) != run_identity["config"].get(key)
+        )
         if stored["data"] != run_identity["data"]:
             changed.append("data")
         if stored["distillation"] != run_identity["distillation"]:
@@ -606,9 +692,7 @@ def _restore(path: Path, run_identity: dict[str, Any], model: nn.Module,
         for key, what in (("initial_weights", "initial weights"), ("teacher_weights", "teacher weights")):
             if stored.get(key) != run_identity[key] and (key == "initial_weights" or "teacher" not in changed):
                 changed.append(what)
-        raise CheckpointMismatch(
-            f"{path} belongs to a different run (differs in {changed}); delete it to start afresh"
-        )
+        raise CheckpointMismatch(f"{path} belongs to a different run (differs in {changed}); delete it to start afresh")
     try:
         model.load_state_dict(snapshot["model"])
         optimizer.load_state_dict(snapshot["optimizer"])
@@ -629,8 +713,7 @@ def _fingerprint(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _output_classes(model: nn.Module, sample: np.ndarray, config: TrainConfig,
-                    device: torch.device) -> int:
+def _output_classes(model: nn.Module, sample: np.ndarray, config: TrainConfig, device: torch.device) -> int:
     was_training = model.training
     model.eval()
     try:
@@ -640,9 +723,7 @@ def _output_classes(model: nn.Module, sample: np.ndarray, config: TrainConfig,
     finally:
         model.train(was_training)
     if logits.ndim != 2 or logits.shape[1] < 2:
-        raise TrainError(
-            f"model must output (N, num_classes >= 2) logits, got {tuple(logits.shape)}"
-        )
+        raise TrainError(f"model must output (N, num_classes >= 2) logits, got {tuple(logits.shape)}")
     return int(logits.shape[1])
 
 
@@ -650,27 +731,32 @@ def _resolve_device(requested: str) -> torch.device:
     if requested == "auto":  # CUDA when present, else CPU, silently
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        warnings.warn(f"TrainConfig.device={requested!r} but CUDA is not available; using CPU",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"TrainConfig.device={requested!r} but CUDA is not available; using CPU", RuntimeWarning, stacklevel=3
+        )
         return torch.device("cpu")
     return torch.device(requested)
 
 
-def _normalization(normalization: dict[str, Sequence[float]] | None
-                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _normalization(normalization: Mapping[str, Sequence[float]] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if normalization is None:
         return IMAGENET_MEAN, IMAGENET_STD
     if not isinstance(normalization, dict) or set(normalization) != {"mean", "std"}:
-        raise TrainError(
-            f"normalization must be a dict with keys 'mean' and 'std', got {normalization!r}"
-        )
-    return (_check_triple("normalization mean", normalization["mean"], positive=False),
-            _check_triple("normalization std", normalization["std"], positive=True))
+        raise TrainError(f"normalization must be a dict with keys 'mean' and 'std', got {normalization!r}")
+    return (
+        _check_triple("normalization mean", normalization["mean"], positive=False),
+        _check_triple("normalization std", normalization["std"], positive=True),
+    )
 
 
 def _check_images(name: str, images: Any) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
-            or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[-1] != 3
+        or images.shape[1] != images.shape[2]
+    ):
         shape = getattr(images, "shape", None)
         dtype = getattr(images, "dtype", type(images).__name__)
         raise TrainError(f"{name} must be a uint8 numpy array (N, S, S, 3), got {dtype} {shape}")
@@ -683,9 +769,7 @@ def _check_labels(name: str, labels: Any, n: int, num_classes: int) -> None:
     if labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
         raise TrainError(f"{name} must be {n} integers, got {labels.dtype} {labels.shape}")
     if n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise TrainError(
-            f"{name} must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
-        )
+        raise TrainError(f"{name} must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -693,10 +777,15 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise TrainError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def _check_real(name: str, value: Any, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.floating)) \
-        and math.isfinite(value)
+def _check_real(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.floating)) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -704,8 +793,9 @@ def _check_real(name: str, value: Any, low: float | None = None, high: float | N
     if not ok:
         lower = "-inf" if low is None else low
         upper = "inf" if high is None else high
-        interval = f"{'(' if low_open or low is None else '['}{lower}, {upper}" \
-                   f"{')' if high_open or high is None else ']'}"
+        interval = (
+            f"{'(' if low_open or low is None else '['}{lower}, {upper}{')' if high_open or high is None else ']'}"
+        )
         raise TrainError(f"{name} must be a number in {interval}, got {value!r}")
 
 
@@ -729,4 +819,4 @@ def _check_triple(name: str, value: Any, positive: bool) -> tuple[float, float, 
     if len(triple) != 3 or not all(math.isfinite(v) and (v > 0 or not positive) for v in triple):
         need = "three positive numbers" if positive else "three numbers"
         raise TrainError(f"{name} must be {need} (one per RGB channel), got {value!r}")
-    return triple  # type: ignore[return-value]
+    return triple[0], triple[1], triple[2]

@@ -1,4 +1,4 @@
-"""Architecture and hyper-parameter search: MnasNet's factorized space, measured-latency objectives, Optuna storage and workers.
+"""Architecture search: MnasNet's factorized space, measured-latency objectives, Optuna storage and workers.
 
 Space. ``SearchSpace`` holds the choices. The network is a stem, one block per stage of
 MnasNet-A1 (fixed base width and stride: 16/1, 24/2, 40/2, 80/2, 112/1, 160/2, 320/1) and a
@@ -63,7 +63,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import optuna
@@ -92,7 +92,13 @@ SETTINGS_ATTR = "trashlib.tune"
 SETTINGS_VERSION = 1
 # MnasNet-A1's seven stages after the stem: (base output channels, stride of the first layer).
 MNASNET_STAGES: tuple[tuple[int, int], ...] = (
-    (16, 1), (24, 2), (40, 2), (80, 2), (112, 1), (160, 2), (320, 1),
+    (16, 1),
+    (24, 2),
+    (40, 2),
+    (80, 2),
+    (112, 1),
+    (160, 2),
+    (320, 1),
 )
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
@@ -143,43 +149,51 @@ class SearchSpace:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (list, tuple)):
-                object.__setattr__(self, f.name, [list(v) if isinstance(v, (list, tuple)) else v
-                                                  for v in value])
+                object.__setattr__(self, f.name, [list(v) if isinstance(v, (list, tuple)) else v for v in value])
                 if f.name != "stages":  # two stages may well be alike
                     _check_choices(f.name, getattr(self, f.name))
         if not self.stages:
             raise TuneError("SearchSpace.stages is empty: give at least one [channels, stride]")
         for index, stage in enumerate(self.stages):
-            if not isinstance(stage, list) or len(stage) != 2 or not _is_int(stage[0], 1) \
-                    or stage[1] not in (1, 2) or isinstance(stage[1], bool):
-                raise TuneError(f"SearchSpace.stages[{index}] must be [base channels >= 1, "
-                                f"stride 1 or 2], got {stage!r}")
+            if (
+                not isinstance(stage, list)
+                or len(stage) != 2
+                or not _is_int(stage[0], 1)
+                or stage[1] not in (1, 2)
+                or isinstance(stage[1], bool)
+            ):
+                raise TuneError(
+                    f"SearchSpace.stages[{index}] must be [base channels >= 1, stride 1 or 2], got {stage!r}"
+                )
         _check_members("ops", self.ops, lambda op: op in SEARCH_OPS, f"one of {list(SEARCH_OPS)}")
-        _check_members("kernels", self.kernels, lambda k: _is_int(k, 1) and k % 2 == 1,
-                       "an odd int")
+        _check_members("kernels", self.kernels, lambda k: _is_int(k, 1) and k % 2 == 1, "an odd int")
         _check_members("se", self.se, lambda v: isinstance(v, bool), "true or false")
         for name in ("block_width_mults", "width_mults"):
-            _check_members(name, getattr(self, name), lambda v: _is_real(v) and v > 0,
-                           "a positive number")
+            _check_members(name, getattr(self, name), lambda v: _is_real(v) and v > 0, "a positive number")
         for size in self.image_sizes:
             try:
                 check_image_size(size)
             except ModelError as error:
                 raise TuneError(f"SearchSpace.image_sizes: {error}") from error
         if not _is_int(self.layers_min, 1) or not _is_int(self.layers_max, 1):
-            raise TuneError(f"SearchSpace.layers_min and layers_max must be ints >= 1, got "
-                            f"{self.layers_min!r} and {self.layers_max!r}")
+            raise TuneError(
+                f"SearchSpace.layers_min and layers_max must be ints >= 1, got "
+                f"{self.layers_min!r} and {self.layers_max!r}"
+            )
         _check_range("layers", self.layers_min, self.layers_max)
         for name, low in (("lr", 0.0), ("weight_decay", 0.0), ("augment", None)):
             lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
             if not _is_real(lo) or not _is_real(hi) or (low is not None and lo <= low):
-                raise TuneError(f"SearchSpace.{name}_min and {name}_max must be numbers"
-                                f"{' > 0 (log scale)' if low is not None else ''}, "
-                                f"got {lo!r} and {hi!r}")
+                raise TuneError(
+                    f"SearchSpace.{name}_min and {name}_max must be numbers"
+                    f"{' > 0 (log scale)' if low is not None else ''}, "
+                    f"got {lo!r} and {hi!r}"
+                )
             _check_range(name, lo, hi)
         if self.augment_min < 0 or self.augment_max > 1:
-            raise TuneError(f"SearchSpace.augment_min/augment_max must lie in [0, 1], got "
-                            f"{self.augment_min} and {self.augment_max}")
+            raise TuneError(
+                f"SearchSpace.augment_min/augment_max must lie in [0, 1], got {self.augment_min} and {self.augment_max}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -240,8 +254,9 @@ class ArchConfig:
             raise TuneError(f"an arch dict needs exactly the keys {names}, got {keys}")
         try:
             check_arch(doc)
-            TrainConfig(image_size=doc["image_size"], lr=doc["lr"],
-                        weight_decay=doc["weight_decay"], augment=doc["augment"])
+            TrainConfig(
+                image_size=doc["image_size"], lr=doc["lr"], weight_decay=doc["weight_decay"], augment=doc["augment"]
+            )
         except (ModelError, TrainError) as error:
             raise TuneError(f"bad arch dict: {error}") from error
         return cls(**{**doc, "blocks": tuple(BlockConfig(**block) for block in doc["blocks"])})
@@ -262,14 +277,12 @@ def sample_arch(trial: optuna.Trial, space: SearchSpace) -> ArchConfig:
         head_channels=HEAD_CHANNELS,
         dropout=DROPOUT,
         lr=trial.suggest_float("lr", space.lr_min, space.lr_max, log=True),
-        weight_decay=trial.suggest_float("weight_decay", space.weight_decay_min,
-                                         space.weight_decay_max, log=True),
+        weight_decay=trial.suggest_float("weight_decay", space.weight_decay_min, space.weight_decay_max, log=True),
         augment=trial.suggest_float("augment", space.augment_min, space.augment_max),
     )
 
 
-def _sample_block(trial: optuna.Trial, space: SearchSpace, index: int, base: float,
-                  stride: int) -> BlockConfig:
+def _sample_block(trial: optuna.Trial, space: SearchSpace, index: int, base: float, stride: int) -> BlockConfig:
     prefix = f"b{index}_"
     op = trial.suggest_categorical(prefix + "op", space.ops)
     kernel = trial.suggest_categorical(prefix + "kernel", space.kernels)
@@ -311,12 +324,21 @@ def load_arch(directory: str | Path, name: str) -> ArchConfig:
     return ArchConfig.from_dict(read_json(path))
 
 
-def arch_train_config(arch: ArchConfig, epochs: int, batch_size: int = 32, seed: int = 0,
-                      threads: int | None = 1, device: str = "cpu") -> TrainConfig:
+def arch_train_config(
+    arch: ArchConfig, epochs: int, *, batch_size: int = 32, seed: int = 0, threads: int | None = 1, device: str = "cpu"
+) -> TrainConfig:
     """The ``TrainConfig`` that trains ``arch`` with its own input size and training knobs."""
-    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=arch.lr,
-                       weight_decay=arch.weight_decay, augment=arch.augment,
-                       image_size=arch.image_size, seed=seed, threads=threads, device=device)
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=arch.lr,
+        weight_decay=arch.weight_decay,
+        augment=arch.augment,
+        image_size=arch.image_size,
+        seed=seed,
+        threads=threads,
+        device=device,
+    )
 
 
 # --------------------------------------------------------------------------- objectives
@@ -339,23 +361,26 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.space, SearchSpace):
-            raise TuneError(f"SearchSettings.space must be a SearchSpace, got "
-                            f"{type(self.space).__name__}")
+            raise TuneError(f"SearchSettings.space must be a SearchSpace, got {type(self.space).__name__}")
         if self.mode not in MODES:
             raise TuneError(f"SearchSettings.mode must be one of {list(MODES)}, got {self.mode!r}")
-        for name, minimum in (("epochs", 1), ("batch_size", 1), ("threads", 1),
-                              ("latency_warmup", 0), ("latency_runs", 1), ("train_seed", 0)):
+        for name, minimum in (
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("threads", 1),
+            ("latency_warmup", 0),
+            ("latency_runs", 1),
+            ("train_seed", 0),
+        ):
             if not _is_int(getattr(self, name), minimum):
-                raise TuneError(f"SearchSettings.{name} must be an int >= {minimum}, "
-                                f"got {getattr(self, name)!r}")
+                raise TuneError(f"SearchSettings.{name} must be an int >= {minimum}, got {getattr(self, name)!r}")
         if not _is_real(self.target_ms) or self.target_ms <= 0:
-            raise TuneError(f"SearchSettings.target_ms must be a number > 0, "
-                            f"got {self.target_ms!r}")
+            raise TuneError(f"SearchSettings.target_ms must be a number > 0, got {self.target_ms!r}")
         if not _is_real(self.reward_w) or self.reward_w > 0:
             raise TuneError(f"SearchSettings.reward_w must be a number <= 0, got {self.reward_w!r}")
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["maximize", "minimize"]]:
         return ["maximize", "minimize"] if self.mode == "multi" else ["maximize"]
 
     def to_dict(self) -> dict[str, Any]:
@@ -365,8 +390,9 @@ class SearchSettings:
     def from_dict(cls, doc: Mapping[str, Any]) -> SearchSettings:
         if not isinstance(doc, Mapping) or doc.get("version") != SETTINGS_VERSION:
             version = doc.get("version") if isinstance(doc, Mapping) else None
-            raise TuneError(f"stored search settings have version {version!r}; this trashlib "
-                            f"reads version {SETTINGS_VERSION}")
+            raise TuneError(
+                f"stored search settings have version {version!r}; this trashlib reads version {SETTINGS_VERSION}"
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(doc) - known - {"version"})
         if unknown:
@@ -387,13 +413,14 @@ class SearchData:
 
     def __post_init__(self) -> None:
         if len(self.class_names) < 2:
-            raise TuneError(f"SearchData.class_names needs at least 2 classes, "
-                            f"got {self.class_names}")
+            raise TuneError(f"SearchData.class_names needs at least 2 classes, got {self.class_names}")
         for name in ("train", "val"):
             images, labels = getattr(self, name)
             if len(images) == 0 or len(images) != len(labels):
-                raise TuneError(f"SearchData.{name} must hold images and as many labels, got "
-                                f"{len(images)} images and {len(labels)} labels")
+                raise TuneError(
+                    f"SearchData.{name} must hold images and as many labels, got "
+                    f"{len(images)} images and {len(labels)} labels"
+                )
 
     @classmethod
     def from_prepared(cls, prepared: PreparedData) -> SearchData:
@@ -420,8 +447,7 @@ def mnasnet_reward(f1: float, latency_ms: float, target_ms: float, w: float = RE
     if not _is_real(f1) or f1 < 0:
         raise TuneError(f"f1 must be a number >= 0, got {f1!r}")
     if not _is_real(latency_ms) or latency_ms <= 0 or not _is_real(target_ms) or target_ms <= 0:
-        raise TuneError(f"latency_ms and target_ms must be > 0, got {latency_ms!r} and "
-                        f"{target_ms!r}")
+        raise TuneError(f"latency_ms and target_ms must be > 0, got {latency_ms!r} and {target_ms!r}")
     return float(f1 * (latency_ms / target_ms) ** w)
 
 
@@ -431,6 +457,7 @@ def evaluate_trial(
     val: tuple[np.ndarray, np.ndarray],
     num_classes: int,
     epochs: int,
+    *,
     threads: int = 1,
     batch_size: int = 32,
     seed: int = 0,
@@ -443,27 +470,41 @@ def evaluate_trial(
     (``optuna.TrialPruned``) to stop. Returns the best validation macro-F1 and the latency."""
     seed_everything(seed)
     model = build_model(SEARCHED, num_classes, arch.image_size, arch=arch.to_dict())
-    latency_ms = float(latency_for_model(model, arch.image_size, batch_size=1, threads=threads,
-                                         warmup=latency_warmup, runs=latency_runs)["median_ms"])
+    latency_ms = float(
+        latency_for_model(
+            model, arch.image_size, batch_size=1, threads=threads, warmup=latency_warmup, runs=latency_runs
+        )["median_ms"]
+    )
     macs = count_macs(model, arch.image_size)
-    config = arch_train_config(arch, epochs, batch_size, seed, threads)
-    result = train_model(model, train, val, config, progress=False,
-                         on_epoch=None if on_epoch is None else _with_latency(on_epoch, latency_ms))
-    return TrialResult(val_f1=result.best_val_f1, latency_ms=latency_ms,
-                       epochs_run=result.epochs_run, n_params=count_params(model), macs=macs,
-                       train_seconds=result.seconds)
+    config = arch_train_config(arch, epochs, batch_size=batch_size, seed=seed, threads=threads)
+    result = train_model(
+        model,
+        train,
+        val,
+        config,
+        progress=False,
+        on_epoch=None if on_epoch is None else _with_latency(on_epoch, latency_ms),
+    )
+    return TrialResult(
+        val_f1=result.best_val_f1,
+        latency_ms=latency_ms,
+        epochs_run=result.epochs_run,
+        n_params=count_params(model),
+        macs=macs,
+        train_seconds=result.seconds,
+    )
 
 
-def _with_latency(on_epoch: Callable[[int, float, float], None],
-                  latency_ms: float) -> Callable[[int, dict[str, float]], None]:
+def _with_latency(
+    on_epoch: Callable[[int, float, float], None], latency_ms: float
+) -> Callable[[int, dict[str, float]], None]:
     def hook(epoch: int, row: dict[str, float]) -> None:
         on_epoch(epoch, row["val_macro_f1"], latency_ms)
 
     return hook
 
 
-def reward_reporter(trial: optuna.Trial, target_ms: float,
-                    w: float = REWARD_W) -> Callable[[int, float, float], None]:
+def reward_reporter(trial: optuna.Trial, target_ms: float, w: float = REWARD_W) -> Callable[[int, float, float], None]:
     """An ``on_epoch`` for ``evaluate_trial``: report the reward so far, raise ``TrialPruned``
     when the study's pruner says so."""
 
@@ -472,24 +513,30 @@ def reward_reporter(trial: optuna.Trial, target_ms: float,
         trial.report(reward, epoch)
         if trial.should_prune():
             trial.set_user_attr("latency_ms", latency_ms)
-            raise optuna.TrialPruned(f"epoch {epoch}: reward {reward:.4f} (val F1 {val_f1:.3f}, "
-                                     f"{latency_ms:.2f} ms)")
+            raise optuna.TrialPruned(f"epoch {epoch}: reward {reward:.4f} (val F1 {val_f1:.3f}, {latency_ms:.2f} ms)")
 
     return report
 
 
-def _objective(trial: optuna.Trial, data: SearchData,
-               settings: SearchSettings) -> float | tuple[float, float]:
+def _objective(trial: optuna.Trial, data: SearchData, settings: SearchSettings) -> float | tuple[float, float]:
     trial.set_user_attr(WORKER_ATTR, _worker_identity())
     arch = sample_arch(trial, settings.space)
     trial.set_user_attr("arch", arch.to_dict())
-    reporter = (reward_reporter(trial, settings.target_ms, settings.reward_w)
-                if settings.mode == "reward" else None)
-    result = evaluate_trial(arch, data.train, data.val, len(data.class_names), settings.epochs,
-                            settings.threads, settings.batch_size, settings.train_seed,
-                            settings.latency_warmup, settings.latency_runs, reporter)
-    reward = mnasnet_reward(result.val_f1, result.latency_ms, settings.target_ms,
-                            settings.reward_w)
+    reporter = reward_reporter(trial, settings.target_ms, settings.reward_w) if settings.mode == "reward" else None
+    result = evaluate_trial(
+        arch,
+        data.train,
+        data.val,
+        len(data.class_names),
+        settings.epochs,
+        threads=settings.threads,
+        batch_size=settings.batch_size,
+        seed=settings.train_seed,
+        latency_warmup=settings.latency_warmup,
+        latency_runs=settings.latency_runs,
+        on_epoch=reporter,
+    )
+    reward = mnasnet_reward(result.val_f1, result.latency_ms, settings.target_ms, settings.reward_w)
     trial.set_user_attr("result", {**result.to_dict(), "reward": reward})
     if settings.mode == "reward":
         return reward
@@ -504,30 +551,34 @@ def journal_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "search" / "journal.log"
 
 
-def open_storage(storage: str | Path, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
-                 grace_period: int = GRACE_PERIOD_S,
-                 connect_timeout: int = CONNECT_TIMEOUT_S) -> BaseStorage:
+def open_storage(
+    storage: str | Path,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
+    connect_timeout: int = CONNECT_TIMEOUT_S,
+) -> BaseStorage:
     """A database URL -> ``RDBStorage`` with heartbeats (a ``TuneError`` naming the URL, password
     hidden, when it cannot be reached within ``connect_timeout`` s); a path -> journal file."""
     if isinstance(storage, str) and "://" in storage:
         return _rdb_storage(storage, heartbeat_interval, grace_period, connect_timeout)
     path = Path(storage)
     if path.is_dir():
-        raise TuneError(f"journal storage {path} is a folder; give a file such as "
-                        f"{journal_path(path)}")
+        raise TuneError(f"journal storage {path} is a folder; give a file such as {journal_path(path)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int,
-                 connect_timeout: int) -> RDBStorage:
+def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int, connect_timeout: int) -> RDBStorage:
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError as error:
-        raise TuneError(f"storage {url.split('@')[-1]!r} is not a database URL: {error}") from error
+        raise TuneError(f"storage {url.rsplit('@', maxsplit=1)[-1]!r} is not a database URL: {error}") from error
     shown = parsed.render_as_string(hide_password=True)
-    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
+    if (
+        parsed.drivername == "postgresql"
+        and importlib.util.find_spec("psycopg") is None
+        and importlib.util.find_spec("psycopg2") is not None
+    ):
         # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; use the installed psycopg2.
         url = parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
     timeout_arg = _TIMEOUT_ARG.get(parsed.get_backend_name())
@@ -535,20 +586,26 @@ def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs,
-                              heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+            return RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+            )
     except ImportError as error:
-        raise TuneError(f"storage {shown}: no database driver ({_first_line(error)}); for "
-                        f"PostgreSQL install psycopg2-binary or psycopg") from error
+        raise TuneError(
+            f"storage {shown}: no database driver ({_first_line(error)}); for "
+            f"PostgreSQL install psycopg2-binary or psycopg"
+        ) from error
     except sqlalchemy.exc.SQLAlchemyError as error:
         cause = getattr(error, "orig", None) or error
         raise TuneError(f"cannot reach storage {shown}: {_first_line(cause)}") from error
 
 
-def open_search(storage: str | Path, study_name: str, settings: SearchSettings | None = None,
-                seed: int | None = None,
-                pruner: optuna.pruners.BasePruner | None = None,
-                ) -> tuple[optuna.Study, SearchSettings]:
+def open_search(
+    storage: str | Path,
+    study_name: str,
+    settings: SearchSettings | None = None,
+    seed: int | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> tuple[optuna.Study, SearchSettings]:
     """Create the study with ``settings`` or load it; with ``settings=None`` (a worker) the
     study must exist and its stored settings are used. A study stored with other settings or
     directions, or not made here, is a ``TuneError`` and is left untouched."""
@@ -557,13 +614,16 @@ def open_search(storage: str | Path, study_name: str, settings: SearchSettings |
     stored = _stored_settings(backend, study_name, shown)
     if stored is None:
         if settings is None:
-            raise TuneError(f"no study {study_name!r} in {shown}: create it with "
-                            f"`python -m trashlib tune-create` or run_search(settings=...)")
+            raise TuneError(
+                f"no study {study_name!r} in {shown}: create it with "
+                f"`python -m trashlib tune-create` or run_search(settings=...)"
+            )
         stored = _create_study(backend, study_name, shown, settings)
     settings = settings if settings is not None else stored[1]
     _check_same_settings(study_name, shown, stored, settings)
-    study = optuna.load_study(study_name=study_name, storage=backend, sampler=_sampler(seed),
-                              pruner=pruner or _default_pruner(settings))
+    study = optuna.load_study(
+        study_name=study_name, storage=backend, sampler=_sampler(seed), pruner=pruner or _default_pruner(settings)
+    )
     return study, settings
 
 
@@ -572,6 +632,7 @@ def run_search(
     study_name: str,
     data: SearchData,
     settings: SearchSettings | None = None,
+    *,
     n_trials: int | None = None,
     timeout: float | None = None,
     seed: int | None = None,
@@ -597,8 +658,9 @@ def run_search(
         if len(study.get_trials(deepcopy=False, states=FINISHED)) >= max_trials:
             return study
         callbacks.append(optuna.study.MaxTrialsCallback(max_trials, states=FINISHED))
-    study.optimize(lambda trial: _objective(trial, data, settings), n_trials=n_trials,
-                   timeout=timeout, callbacks=callbacks)
+    study.optimize(
+        lambda trial: _objective(trial, data, settings), n_trials=n_trials, timeout=timeout, callbacks=callbacks
+    )
     return study
 
 
@@ -617,27 +679,29 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(WORKER_ATTR)
-        if not isinstance(worker, dict) or worker.get("host") != host \
-                or _process_token(worker["pid"]) == worker["started"]:
+        if (
+            not isinstance(worker, dict)
+            or worker.get("host") != host
+            or _process_token(worker["pid"]) == worker["started"]
+        ):
             continue
         try:
             study._storage.set_trial_user_attr(
-                trial._trial_id, "failed_reason",
-                f"worker {host}:{worker['pid']} died while the trial was running")
+                trial._trial_id, "failed_reason", f"worker {host}:{worker['pid']} died while the trial was running"
+            )
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             continue  # its worker (or another cleaner) finished it meanwhile
-    still_running = {t.number for t in study.get_trials(deepcopy=False,
-                                                        states=(TrialState.RUNNING,))}
+    still_running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     return sorted((running - still_running) & failed)
 
 
-def _create_study(backend: BaseStorage, study_name: str, shown: str,
-                  settings: SearchSettings) -> tuple[list[str], SearchSettings]:
+def _create_study(
+    backend: BaseStorage, study_name: str, shown: str, settings: SearchSettings
+) -> tuple[Sequence[str], SearchSettings]:
     try:
-        study = optuna.create_study(storage=backend, study_name=study_name,
-                                    directions=settings.directions)
+        study = optuna.create_study(storage=backend, study_name=study_name, directions=settings.directions)
     except DuplicatedStudyError:  # another process created it meanwhile: use and check that one
         stored = _stored_settings(backend, study_name, shown)
         assert stored is not None
@@ -646,8 +710,7 @@ def _create_study(backend: BaseStorage, study_name: str, shown: str,
     return settings.directions, settings
 
 
-def _stored_settings(backend: BaseStorage, study_name: str,
-                     shown: str) -> tuple[list[str], SearchSettings] | None:
+def _stored_settings(backend: BaseStorage, study_name: str, shown: str) -> tuple[Sequence[str], SearchSettings] | None:
     try:
         study = optuna.load_study(study_name=study_name, storage=backend)
     except KeyError:
@@ -655,24 +718,31 @@ def _stored_settings(backend: BaseStorage, study_name: str,
     directions = [d.name.lower() for d in study.directions]
     doc = study.user_attrs.get(SETTINGS_ATTR)
     if doc is None:
-        raise TuneError(f"study {study_name!r} in {shown} was not made by trashlib.tune (no "
-                        f"{SETTINGS_ATTR!r} user attr); choose another study name")
+        raise TuneError(
+            f"study {study_name!r} in {shown} was not made by trashlib.tune (no "
+            f"{SETTINGS_ATTR!r} user attr); choose another study name"
+        )
     return directions, SearchSettings.from_dict(doc)
 
 
-def _check_same_settings(study_name: str, shown: str, stored: tuple[list[str], SearchSettings],
-                         settings: SearchSettings) -> None:
+def _check_same_settings(
+    study_name: str, shown: str, stored: tuple[Sequence[str], SearchSettings], settings: SearchSettings
+) -> None:
     directions, old = stored
     old_doc, new_doc = _flatten(old.to_dict()), _flatten(settings.to_dict())
-    changed = [f"{key}: stored {old_doc.get(key)!r}, given {new_doc.get(key)!r}"
-               for key in sorted(set(old_doc) | set(new_doc))
-               if old_doc.get(key) != new_doc.get(key)]
+    changed = [
+        f"{key}: stored {old_doc.get(key)!r}, given {new_doc.get(key)!r}"
+        for key in sorted(set(old_doc) | set(new_doc))
+        if old_doc.get(key) != new_doc.get(key)
+    ]
     if directions != settings.directions:
         changed.insert(0, f"directions: stored {directions}, given {settings.directions}")
     if changed:
-        raise TuneError(f"study {study_name!r} in {shown} exists with other objectives or "
-                        f"settings ({'; '.join(changed)}); resume it with its own settings or "
-                        f"choose another study name")
+        raise TuneError(
+            f"study {study_name!r} in {shown} exists with other objectives or "
+            f"settings ({'; '.join(changed)}); resume it with its own settings or "
+            f"choose another study name"
+        )
 
 
 def _sampler(seed: int | None) -> optuna.samplers.TPESampler:
@@ -692,8 +762,7 @@ def _storage_name(storage: str | Path) -> str:
 
 
 def _worker_identity() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "started": _process_token(os.getpid())}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_token(os.getpid())}
 
 
 def _process_token(pid: int) -> str | None:
@@ -754,12 +823,11 @@ def _check_arch_name(name: str) -> None:
 
 
 def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
+    return bool(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum)
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) \
-        and math.isfinite(value)
+    return isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _first_line(error: BaseException) -> str:
@@ -779,27 +847,35 @@ def settings_study_name(prefix: str, settings: SearchSettings) -> str:
     return f"{prefix}-{hashlib.sha256(doc.encode()).hexdigest()[:8]}"
 
 
-def trial_objectives(trial: FrozenTrial) -> tuple[float, float]:
+class Objectives(NamedTuple):
+    """A completed trial's validation macro-F1 and measured batch-1 latency."""
+
+    val_f1: float
+    latency_ms: float
+
+
+def trial_objectives(trial: FrozenTrial) -> Objectives:
     """``(val macro-F1, batch-1 latency ms)`` of a completed trial: its two values in ``"multi"``
     mode, its ``"result"`` user attr in ``"reward"`` mode."""
     if trial.state != TrialState.COMPLETE:
-        raise TuneError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: it has no "
-                        f"objectives")
+        raise TuneError(f"trial {trial.number} is {trial.state.name}, not COMPLETE: it has no objectives")
     if trial.values is not None and len(trial.values) == 2:
-        return float(trial.values[0]), float(trial.values[1])
+        return Objectives(float(trial.values[0]), float(trial.values[1]))
     result = trial.user_attrs.get("result")
     if isinstance(result, Mapping) and "val_f1" in result and "latency_ms" in result:
-        return float(result["val_f1"]), float(result["latency_ms"])
-    raise TuneError(f"trial {trial.number} has neither two values (F1, latency) nor a 'result' "
-                    f"user attr with val_f1 and latency_ms")
+        return Objectives(float(result["val_f1"]), float(result["latency_ms"]))
+    raise TuneError(
+        f"trial {trial.number} has neither two values (F1, latency) nor a 'result' user attr with val_f1 and latency_ms"
+    )
 
 
 def pareto_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The completed trials no other completed trial dominates in (val F1 higher, latency
     lower), by trial number. Trials with equal objectives are all kept."""
     points = [(t, *trial_objectives(t)) for t in trials if t.state == TrialState.COMPLETE]
-    front = [t for t, f1, lat in points
-             if not any(f >= f1 and ms <= lat and (f > f1 or ms < lat) for _, f, ms in points)]
+    front = [
+        t for t, f1, lat in points if not any(f >= f1 and ms <= lat and (f > f1 or ms < lat) for _, f, ms in points)
+    ]
     return sorted(front, key=lambda t: t.number)
 
 
@@ -815,8 +891,9 @@ def pick_score(f1: float, latency_ms: float, f1_ref: float, latency_ref_ms: floa
     return float(0.5 * latency_ms / latency_ref_ms + 1.0 / (1.0 + math.exp(-20.0 * (f1_ref - f1))))
 
 
-def pick_reference(trials: Sequence[FrozenTrial], baseline_f1: float | None = None,
-                   baseline_latency_ms: float | None = None) -> tuple[float, float]:
+def pick_reference(
+    trials: Sequence[FrozenTrial], baseline_f1: float | None = None, baseline_latency_ms: float | None = None
+) -> tuple[float, float]:
     """``(f1_ref, latency_ref_ms)`` of ``pick_trial``: the baseline's where given, otherwise the
     best-F1 completed trial's (the faster one, then the earlier one, on a tie)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -824,23 +901,35 @@ def pick_reference(trials: Sequence[FrozenTrial], baseline_f1: float | None = No
         raise TuneError(f"no completed trial among {len(trials)} to pick from")
     best = min(complete, key=lambda t: (-trial_objectives(t)[0], trial_objectives(t)[1], t.number))
     best_f1, best_ms = trial_objectives(best)
-    return (best_f1 if baseline_f1 is None else baseline_f1,
-            best_ms if baseline_latency_ms is None else baseline_latency_ms)
+    return (
+        best_f1 if baseline_f1 is None else baseline_f1,
+        best_ms if baseline_latency_ms is None else baseline_latency_ms,
+    )
 
 
-def pick_trial(trials: Sequence[FrozenTrial], baseline_f1: float | None = None,
-               baseline_latency_ms: float | None = None) -> FrozenTrial:
+def pick_trial(
+    trials: Sequence[FrozenTrial], baseline_f1: float | None = None, baseline_latency_ms: float | None = None
+) -> FrozenTrial:
     """The trial to retrain: among the completed trials on the Pareto front (``pareto_trials``),
     the one with the lowest ``pick_score`` against ``pick_reference``; ties go to the faster,
     then the earlier trial. A ``TuneError`` when no trial completed."""
     f1_ref, ms_ref = pick_reference(trials, baseline_f1, baseline_latency_ms)
-    return min(pareto_trials(trials),
-               key=lambda t: (pick_score(*trial_objectives(t), f1_ref, ms_ref),
-                              trial_objectives(t)[1], t.number))
+    return min(
+        pareto_trials(trials),
+        key=lambda t: (pick_score(*trial_objectives(t), f1_ref, ms_ref), trial_objectives(t)[1], t.number),
+    )
 
 
-def param_importances(study: optuna.Study, min_trials: int = 3,
-                      seed: int = 0) -> dict[str, dict[str, float]]:
+def _objective_value(index: int) -> Callable[[FrozenTrial], float]:
+    """The ``index``-th objective of a trial, as Optuna's importance target."""
+
+    def value(trial: FrozenTrial) -> float:
+        return float(trial.values[index])
+
+    return value
+
+
+def param_importances(study: optuna.Study, min_trials: int = 3, seed: int = 0) -> dict[str, dict[str, float]]:
     """fANOVA importance of every parameter, per objective (``"val_f1"`` and ``"latency_ms"``,
     or ``"reward"``), normalised to sum to 1 and sorted, most important first.
 
@@ -855,10 +944,11 @@ def param_importances(study: optuna.Study, min_trials: int = 3,
     for index, name in enumerate(names):
         values = [t.values[index] for t in complete]
         if max(values) == min(values):
-            out[name] = {param: 0.0 for param in complete[-1].params}
+            out[name] = dict.fromkeys(complete[-1].params, 0.0)
             continue
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
         importances = optuna.importance.get_param_importances(
-            study, evaluator=evaluator, target=lambda t, i=index: t.values[i])
+            study, evaluator=evaluator, target=_objective_value(index)
+        )
         out[name] = {param: float(value) for param, value in importances.items()}
     return out

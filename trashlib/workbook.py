@@ -1,108 +1,34 @@
-"""Run directory, profiles and the papermill runner that executes the numbered notebooks in order."""
+"""The runner: profiles and parameters, staleness stamps, and papermill executing the numbered notebooks in order."""
 
 from __future__ import annotations
 
 import ast
 import hashlib
 import json
-import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nbformat
+import papermill
 import yaml
 
-from trashlib.data import PrepareConfig, PreparedData, load_prepared, prepare_dataset
-from trashlib.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_file
+from trashlib.files import atomic_write_bytes, atomic_write_text, sha256_file
+from trashlib.pages import render_html, write_index
+from trashlib.run import PROJECT_ROOT, SYNTHETIC, NotebookResult, RunError, RunSummary, resolve_data
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 PROFILE_DIR = NOTEBOOK_DIR / "params"
-SYNTHETIC = "synthetic"
 
 
-class ParameterError(ValueError):
+class ParameterError(RunError):
     """A profile or parameter the workbook refuses before anything runs."""
 
 
-# --------------------------------------------------------------------------- run directory
-
-@dataclass
-class Run:
-    """One run directory: every notebook reads its inputs from it and writes its outputs to it."""
-
-    run_dir: Path
-
-    def path(self, *parts: str) -> Path:
-        """A path inside the run directory; its parent folder is created."""
-        p = self.run_dir.joinpath(*parts)
-        if not p.resolve().is_relative_to(self.run_dir.resolve()):
-            raise ParameterError(f"path {'/'.join(parts)!r} leads out of the run directory {self.run_dir}")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def data(self, data: str = SYNTHETIC, config: PrepareConfig | None = None,
-             synthetic_images: int = 200, progress: bool = True) -> PreparedData:
-        """The run's prepared data: the cache in `data/` when current, else prepared from `data`."""
-        source = resolve_data(data, self.run_dir, synthetic_images=synthetic_images,
-                              seed=(config or PrepareConfig()).seed)
-        return prepare_dataset(source, self.run_dir / "data", config or PrepareConfig(), progress=progress)
-
-    def prepared(self, data: str = SYNTHETIC, synthetic_images: int = 200) -> PreparedData:
-        """What notebook 00 prepared; when it is absent (a notebook run alone) a stand-in is prepared."""
-        if (self.run_dir / "data" / "dataset.json").is_file():
-            return load_prepared(self.run_dir / "data")
-        print(f"no prepared data in {self.run_dir / 'data'}: preparing a stand-in from {data!r}")
-        return self.data(data, synthetic_images=synthetic_images)
-
-    def write_metrics(self, stage: str, metrics: dict[str, Any], params: dict[str, Any]) -> Path:
-        """`<stage>/metrics.json`: the numbers with the parameters, data manifest and versions that made them."""
-        manifest = self.run_dir / "data" / "dataset.json"
-        doc = {"metrics": metrics, "params": params, "environment": environment(),
-               "data_manifest_sha256": read_json(manifest).get("manifest_sha256") if manifest.is_file() else None}
-        return atomic_write_json(self.path(stage, "metrics.json"), doc)
-
-    def headline(self, notebook: str, numbers: dict[str, Any]) -> Path:
-        """A few headline numbers for the report index."""
-        return atomic_write_json(self.path("headlines", f"{notebook}.json"), numbers)
-
-
-def open_run(run_dir: str | Path) -> Run:
-    d = Path(run_dir).resolve()
-    d.mkdir(parents=True, exist_ok=True)
-    return Run(d)
-
-
-def environment() -> dict[str, str]:
-    """Package versions that a number depends on."""
-    from importlib import metadata
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("torch", "torchvision", "torchao", "torch-pruning", "tensorly", "onnx", "onnxruntime", "optuna",
-                "numpy", "pillow", "scikit-learn", "trashlib"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def resolve_data(data: str, run_dir: Path, synthetic_images: int = 200, seed: int = 0) -> Path:
-    """`synthetic` -> the generated default inside the run directory; anything else must be a path."""
-    if data == SYNTHETIC:
-        from trashlib.synthetic import make_synthetic_coco
-
-        return make_synthetic_coco(Path(run_dir) / "synthetic", n_images=synthetic_images, seed=seed)
-    p = Path(data).expanduser()
-    if not p.exists():
-        raise ParameterError(f"data={data!r}: no such file or folder (give a COCO folder, an ImageFolder "
-                             f"or '{SYNTHETIC}')")
-    return p.resolve()
-
-
 # --------------------------------------------------------------------------- profiles and parameters
+
 
 def list_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     """The numbered notebooks, in order."""
@@ -111,8 +37,6 @@ def list_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
 
 def notebook_parameters(nb: Path) -> dict[str, Any]:
     """The literal defaults of a notebook's `parameters` cell."""
-    import nbformat
-
     doc = nbformat.read(nb, as_version=4)
     for cell in doc.cells:
         if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
@@ -151,8 +75,9 @@ def _check_type(key: str, value: Any, default: Any, where: str) -> Any:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise ParameterError(f"parameter {key}={value!r} ({where}): expected {type(default).__name__} "
-                             f"like the default {default!r}")
+        raise ParameterError(
+            f"parameter {key}={value!r} ({where}): expected {type(default).__name__} like the default {default!r}"
+        )
     return value
 
 
@@ -163,13 +88,42 @@ _POSITIVE = (0, None, True, False)
 _FRACTION = (0, 1, False, False)
 _OPEN_FRACTION = (0, 1, True, True)
 PARAMETER_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    **dict.fromkeys(("epochs", "n_trials", "trial_epochs", "final_epochs", "finetune_epochs", "standin_epochs",
-                     "batch_size", "threads", "latency_runs", "compare_rounds", "calibration_images",
-                     "synthetic_images", "layers_max", "iterative_steps"), _AT_LEAST_1),
-    **dict.fromkeys(("teacher_epochs", "top_n", "qat_epochs", "seed", "weight_decay", "margin", "qat_max_drop",
-                     "patience"), _AT_LEAST_0),
-    **dict.fromkeys(("lr", "teacher_lr", "finetune_lr", "target_ms", "distill_temperature", "min_speedup",
-                     "max_error", "width_mults"), _POSITIVE),
+    **dict.fromkeys(
+        (
+            "epochs",
+            "n_trials",
+            "trial_epochs",
+            "final_epochs",
+            "finetune_epochs",
+            "standin_epochs",
+            "batch_size",
+            "threads",
+            "latency_runs",
+            "compare_rounds",
+            "calibration_images",
+            "synthetic_images",
+            "layers_max",
+            "iterative_steps",
+        ),
+        _AT_LEAST_1,
+    ),
+    **dict.fromkeys(
+        ("teacher_epochs", "top_n", "qat_epochs", "seed", "weight_decay", "margin", "qat_max_drop", "patience"),
+        _AT_LEAST_0,
+    ),
+    **dict.fromkeys(
+        (
+            "lr",
+            "teacher_lr",
+            "finetune_lr",
+            "target_ms",
+            "distill_temperature",
+            "min_speedup",
+            "max_error",
+            "width_mults",
+        ),
+        _POSITIVE,
+    ),
     **dict.fromkeys(("augment", "distill_alpha"), _FRACTION),
     **dict.fromkeys(("prune_ratios", "split_fractions"), _OPEN_FRACTION),
     "cache_side": (32, None, False, False),
@@ -195,13 +149,17 @@ def _check_range(key: str, value: Any, where: str) -> None:
     if key in _SIZES:
         for item in items:
             if isinstance(item, bool) or not isinstance(item, int) or item < 32 or item % 32:
-                raise ParameterError(f"parameter {key}={value!r} ({where}): {item!r} must be a multiple of 32, "
-                                     f"at least 32 (the models downsample by 32)")
+                raise ParameterError(
+                    f"parameter {key}={value!r} ({where}): {item!r} must be a multiple of 32, "
+                    f"at least 32 (the models downsample by 32)"
+                )
 
 
-def resolve_parameters(profile: dict[str, Any], overrides: dict[str, Any],
-                       notebooks: list[Path]) -> dict[str, dict[str, Any]]:
-    """Per notebook, the parameters it declares, from the profile and overrides, type-checked."""
+def resolve_parameters(
+    profile: dict[str, Any], overrides: dict[str, Any], notebooks: list[Path]
+) -> dict[str, dict[str, Any]]:
+    """Per notebook, every parameter it declares: its default, or the profile's or an override's value,
+    type-checked and range-checked."""
     declared = {nb.stem: notebook_parameters(nb) for nb in notebooks}
     all_names = set().union(*declared.values()) if declared else set()
     sections = {k: v for k, v in profile.items() if k in declared}
@@ -214,17 +172,27 @@ def resolve_parameters(profile: dict[str, Any], overrides: dict[str, Any],
             raise ParameterError(f"profile section {section!r}: unknown parameter(s) {sorted(unknown)}")
     unknown = (set(flat) | set(overrides)) - all_names
     if unknown:
-        raise ParameterError(f"unknown parameter(s) {sorted(unknown)}: no notebook declares them "
-                             f"(known: {sorted(all_names)})")
+        raise ParameterError(
+            f"unknown parameter(s) {sorted(unknown)}: no notebook declares them (known: {sorted(all_names)})"
+        )
     out: dict[str, dict[str, Any]] = {}
     for stem, defaults in declared.items():
         merged = {k: v for k, v in flat.items() if k in defaults}
         merged.update(sections.get(stem, {}))
         merged.update({k: v for k, v in overrides.items() if k in defaults})
-        out[stem] = {k: _check_type(k, v, defaults[k], stem) for k, v in merged.items()}
-        for key, value in {**defaults, **out[stem]}.items():
+        out[stem] = {**defaults, **{k: _check_type(k, v, defaults[k], stem) for k, v in merged.items()}}
+        for key, value in out[stem].items():
             _check_range(key, value, stem)
     return out
+
+
+def profile_parameters(
+    profile: str, overrides: dict[str, Any] | None = None, notebook_dir: Path = NOTEBOOK_DIR
+) -> dict[str, dict[str, Any]]:
+    """Every parameter of every notebook under a profile (and ``overrides``), as the runner would pass them."""
+    return resolve_parameters(
+        load_profile(profile, notebook_dir / "params"), dict(overrides or {}), list_notebooks(notebook_dir)
+    )
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -240,31 +208,19 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 # --------------------------------------------------------------------------- runner
 
-@dataclass
-class NotebookResult:
-    notebook: str
-    status: str  # ran | up to date | failed
-    seconds: float
-    html: str = ""
-    error: str = ""
 
-
-@dataclass
-class RunSummary:
-    name: str
-    profile: str
-    data: str
-    run_dir: str
-    report_dir: str
-    results: list[NotebookResult] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(r.status != "failed" for r in self.results)
+def notebook_digest(nb: Path) -> str:
+    """sha256 over the notebook's cells (type, tags and source): what runs, not how an editor saved it, so a save
+    that only touches metadata, outputs or formatting leaves it unchanged."""
+    h = hashlib.sha256()
+    for cell in nbformat.read(nb, as_version=4).cells:
+        tags = sorted(cell.get("metadata", {}).get("tags", []))
+        h.update(json.dumps([cell.cell_type, tags, cell.source]).encode())
+    return h.hexdigest()
 
 
 def _stamp(nb: Path, params: dict[str, Any], previous: str) -> str:
-    h = hashlib.sha256(nb.read_bytes())
+    h = hashlib.sha256(notebook_digest(nb).encode())
     h.update(json.dumps(params, sort_keys=True, default=str).encode())
     h.update(previous.encode())
     return h.hexdigest()
@@ -295,8 +251,11 @@ def _file_times(run_dir: Path) -> dict[str, int]:
 
 def _outputs_since(run_dir: Path, before: dict[str, int]) -> dict[str, str]:
     """sha256 of every file a notebook wrote: new since ``before`` (``_file_times``) or with a newer mtime."""
-    return {rel: sha256_file(run_dir / rel) for rel, mtime in sorted(_file_times(run_dir).items())
-            if before.get(rel) != mtime}
+    return {
+        rel: sha256_file(run_dir / rel)
+        for rel, mtime in sorted(_file_times(run_dir).items())
+        if before.get(rel) != mtime
+    }
 
 
 def _up_to_date(stamp_file: Path, stamp: str, run_dir: Path) -> tuple[bool, str]:
@@ -329,19 +288,24 @@ def publish_artifacts(run_dir: Path, report_dir: Path) -> list[Path]:
     return copied
 
 
-def run_workbook(profile: str, data: str, name: str, overrides: dict[str, Any] | None = None,
-                 only: list[str] | None = None, force: bool = False, runs_root: Path | None = None,
-                 reports_root: Path | None = None, notebook_dir: Path = NOTEBOOK_DIR,
-                 log: Any = print) -> RunSummary:
+def run_workbook(
+    profile: str,
+    data: str,
+    name: str,
+    *,
+    overrides: dict[str, Any] | None = None,
+    only: list[str] | None = None,
+    force: bool = False,
+    runs_root: Path | None = None,
+    reports_root: Path | None = None,
+    notebook_dir: Path = NOTEBOOK_DIR,
+    log: Callable[[str], Any] = print,
+) -> RunSummary:
     """Execute the numbered notebooks with papermill into runs/NAME and render reports/NAME.
 
     A notebook whose parameters, source and predecessors are unchanged since its last successful run
     is not run again (`force` reruns everything).
     """
-    import papermill
-
-    from trashlib.report import render_html, write_index
-
     if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
         raise ParameterError(f"run name {name!r}: use letters, digits, '-', '_' and '.' only")
     notebooks = list_notebooks(notebook_dir)
@@ -350,15 +314,19 @@ def run_workbook(profile: str, data: str, name: str, overrides: dict[str, Any] |
         missing = wanted - {nb.stem[:2] for nb in notebooks} - {nb.stem for nb in notebooks}
         if missing:
             raise ParameterError(f"--notebooks: no notebook {sorted(missing)} in {notebook_dir}")
-    per_nb = resolve_parameters(load_profile(profile, notebook_dir / "params"), dict(overrides or {}), notebooks)
+    per_nb = profile_parameters(profile, overrides, notebook_dir)
     data_arg = data if data == SYNTHETIC else str(resolve_data(data, Path(".")))
     runs_root = Path(runs_root or PROJECT_ROOT / "runs").resolve()
     reports_root = Path(reports_root or PROJECT_ROOT / "reports").resolve()
     run_dir, report_dir = runs_root / name, reports_root / name
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     report_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(
-        {"profile": profile, "data": data_arg, "overrides": overrides or {}, "notebooks": per_nb}, sort_keys=True))
+    atomic_write_text(
+        run_dir / "params.yaml",
+        yaml.safe_dump(
+            {"profile": profile, "data": data_arg, "overrides": overrides or {}, "notebooks": per_nb}, sort_keys=True
+        ),
+    )
 
     summary = RunSummary(name, profile, data_arg, str(run_dir), str(report_dir))
     previous = data_fingerprint(data_arg)
@@ -384,8 +352,15 @@ def run_workbook(profile: str, data: str, name: str, overrides: dict[str, Any] |
         t0, before = time.perf_counter(), _file_times(run_dir)
         stamp_file.unlink(missing_ok=True)
         try:
-            papermill.execute_notebook(str(nb), str(out_nb), parameters=params, cwd=str(nb.parent),
-                                       kernel_name="python3", progress_bar=False, log_output=False)
+            papermill.execute_notebook(
+                str(nb),
+                str(out_nb),
+                parameters=params,
+                cwd=str(nb.parent),
+                kernel_name="python3",
+                progress_bar=False,
+                log_output=False,
+            )
         except Exception as exc:  # papermill wraps the cell's error; keep its first line
             seconds = time.perf_counter() - t0
             first = str(exc).strip().splitlines()
@@ -409,13 +384,12 @@ def run_workbook(profile: str, data: str, name: str, overrides: dict[str, Any] |
     return summary
 
 
-def main_run(argv_profile: str, data: str, name: str, params: list[str], only: list[str] | None,
-             force: bool) -> int:
+def main_run(argv_profile: str, data: str, name: str, *, params: list[str], only: list[str] | None, force: bool) -> int:
     """The `run` command: one clear line on a bad parameter, non-zero exit when a notebook fails."""
     try:
         overrides = dict(parse_override(p) for p in params)
-        summary = run_workbook(argv_profile, data, name, overrides, only, force)
-    except ParameterError as exc:
+        summary = run_workbook(argv_profile, data, name, overrides=overrides, only=only, force=force)
+    except RunError as exc:  # ParameterError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0 if summary.ok else 1

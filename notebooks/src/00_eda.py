@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 00 · Data: what the classifier will see
 #
@@ -6,7 +14,7 @@
 # Reads the source photos; writes `data/manifest.csv`, the crop cache `data/crops.npy` and `data/data_report.json`
 # to the run directory, where every later notebook finds them.
 
-# %% [parameters]
+# %% tags=["parameters"]
 run_dir = "../runs/scratch"
 data = "synthetic"
 mapping = "taco"
@@ -23,15 +31,18 @@ from IPython.display import display
 
 from trashlib import report
 from trashlib.data import PrepareConfig, load_mapping
-from trashlib.workbook import open_run
+from trashlib.run import open_run
 
 run = open_run(run_dir)
-config = PrepareConfig(mapping=mapping, margin=margin, cache_side=cache_side, fit=fit,
-                       fractions=tuple(split_fractions), seed=seed)
+config = PrepareConfig(
+    mapping=mapping, margin=margin, cache_side=cache_side, fit=fit, fractions=tuple(split_fractions), seed=seed
+)
 dataset = run.data(data, config, synthetic_images=synthetic_images, progress=False)
 df = report.manifest_frame(dataset)
-print(f"{dataset.meta['format']} data from {dataset.meta['source_root']}: {len(df)} crops "
-      f"from {df['source'].nunique()} photos, classes {dataset.classes}")
+print(
+    f"{dataset.meta['format']} data from {dataset.meta['source_root']}: {len(df)} crops "
+    f"from {df['source'].nunique()} photos, classes {dataset.classes}"
+)
 
 # %% [markdown]
 # ## Categories before and after the mapping
@@ -74,17 +85,25 @@ skipped = pd.DataFrame(dataset.report["skipped"], columns=["file", "field", "rea
 display(skipped.head(50))
 for w in dataset.report["warnings"][:20]:
     print("warning:", w)
-print(f"{len(skipped)} skipped inputs, {len(dataset.report['warnings'])} warnings, "
-      f"empty classes: {dataset.report['empty_classes'] or 'none'}")
+print(
+    f"{len(skipped)} skipped inputs, {len(dataset.report['warnings'])} warnings, "
+    f"empty classes: {dataset.report['empty_classes'] or 'none'}"
+)
 
 # %% [markdown]
 # ## Summary
 
 # %%
 photo_splits = df.groupby("source")["split"].nunique()
-summary = {"crops": len(df), "photos": int(df["source"].nunique()), "classes": len(dataset.classes),
-           "train": int((df["split"] == "train").sum()), "val": int((df["split"] == "val").sum()),
-           "test": int((df["split"] == "test").sum()), "skipped": len(skipped)}
+summary = {
+    "crops": len(df),
+    "photos": int(df["source"].nunique()),
+    "classes": len(dataset.classes),
+    "train": int((df["split"] == "train").sum()),
+    "val": int((df["split"] == "val").sum()),
+    "test": int((df["split"] == "test").sum()),
+    "skipped": len(skipped),
+}
 run.headline("00_eda", summary)
 display(pd.Series(summary, name="value").to_frame())
 print("wrote", run.path("data", "manifest.csv"), run.path("data", "crops.npy"))

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 02 · Optuna search: an architecture for the latency budget
 #
@@ -8,7 +16,7 @@
 # Reads `data/` and, when present, `baseline/baseline/metrics.json`; writes the study `search/journal.log`, the
 # chosen config `search/chosen.json` (and `.yaml`), and the candidate `search/searched/model.pt` + `metrics.json`.
 
-# %% [parameters]
+# %% tags=["parameters"]
 run_dir = "../runs/scratch"
 data = "synthetic"
 mode = "multi"  # "multi": Pareto front of val F1 and latency; "reward": MnasNet's F1 * (latency / target_ms) ** -0.07
@@ -33,32 +41,72 @@ from IPython.display import display
 from optuna.trial import TrialState
 
 from trashlib import report
-from trashlib.candidate import assess_candidate, check_above_chance, load_candidate, model_spec, save_candidate
-from trashlib.models import build_model, model_preprocessing
+from trashlib.candidate import assess_candidate, check_above_chance, load_candidate, save_candidate
+from trashlib.models import ModelSpec, build_model
+from trashlib.run import open_run
 from trashlib.train import seed_everything, train_model
-from trashlib.tune import (SearchData, SearchSettings, SearchSpace, arch_train_config, journal_path, open_search,
-                          param_importances, pareto_trials, pick_reference, pick_trial, run_search, save_arch,
-                          settings_study_name, trial_arch, trial_objectives)
-from trashlib.workbook import open_run
+from trashlib.tune import (
+    SearchData,
+    SearchSettings,
+    SearchSpace,
+    arch_train_config,
+    journal_path,
+    open_search,
+    param_importances,
+    pareto_trials,
+    pick_reference,
+    pick_trial,
+    run_search,
+    save_arch,
+    settings_study_name,
+    trial_arch,
+    trial_objectives,
+)
 
 run = open_run(run_dir)
 dataset = run.prepared(data)
 train, val = dataset.split("train"), dataset.split("val")
-params = dict(mode=mode, n_trials=n_trials, trial_epochs=trial_epochs, final_epochs=final_epochs,
-              image_sizes=image_sizes, width_mults=width_mults, layers_max=layers_max, batch_size=batch_size,
-              target_ms=target_ms, seed=seed, threads=threads, latency_runs=latency_runs, study_name=study_name,
-              storage_url=storage_url, device=device)
+params = dict(
+    mode=mode,
+    n_trials=n_trials,
+    trial_epochs=trial_epochs,
+    final_epochs=final_epochs,
+    image_sizes=image_sizes,
+    width_mults=width_mults,
+    layers_max=layers_max,
+    batch_size=batch_size,
+    target_ms=target_ms,
+    seed=seed,
+    threads=threads,
+    latency_runs=latency_runs,
+    study_name=study_name,
+    storage_url=storage_url,
+    device=device,
+)
 space = SearchSpace(image_sizes=image_sizes, width_mults=width_mults, layers_max=layers_max)
-settings = SearchSettings(space=space, mode=mode, epochs=trial_epochs, batch_size=batch_size, threads=threads,
-                          target_ms=target_ms, latency_runs=latency_runs, train_seed=seed)
+settings = SearchSettings(
+    space=space,
+    mode=mode,
+    epochs=trial_epochs,
+    batch_size=batch_size,
+    threads=threads,
+    target_ms=target_ms,
+    latency_runs=latency_runs,
+    train_seed=seed,
+)
 storage = storage_url or journal_path(run.run_dir)
 study_key = study_name if storage_url else settings_study_name(study_name, settings)
 saved = load_candidate(run, "baseline", "baseline")
-baseline = saved[2] if saved else None
+baseline = saved.record if saved else None
 ref_f1, ref_ms = (baseline["f1_test"], baseline["latency_b1_ms"]) if baseline else (None, None)
-print(f"{len(train[1])} train / {len(val[1])} val crops, classes {dataset.classes}; baseline: "
-      + (f"{baseline['model']}, test F1 {ref_f1:.3f}, {ref_ms:.2f} ms" if baseline else
-         "none in the run directory (notebook 01 not run): the pick rule uses the best trial instead"))
+print(
+    f"{len(train[1])} train / {len(val[1])} val crops, classes {dataset.classes}; baseline: "
+    + (
+        f"{baseline['model']}, test F1 {ref_f1:.3f}, {ref_ms:.2f} ms"
+        if baseline
+        else "none in the run directory (notebook 01 not run): the pick rule uses the best trial instead"
+    )
+)
 
 # %% [markdown]
 # ## The search
@@ -79,12 +127,21 @@ print(f"{len(train[1])} train / {len(val[1])} val crops, classes {dataset.classe
 # %%
 study, settings = open_search(storage, study_key, None if storage_url else settings)  # a shared study keeps its own
 before = len(study.trials)
-study = run_search(storage, study_key, SearchData.from_prepared(dataset), settings, n_trials=n_trials,
-                   max_trials=n_trials, seed=seed + before)
+study = run_search(
+    storage,
+    study_key,
+    SearchData.from_prepared(dataset),
+    settings,
+    n_trials=n_trials,
+    max_trials=n_trials,
+    seed=seed + before,
+)
 trials = study.get_trials()
 complete = [t for t in trials if t.state == TrialState.COMPLETE]
-print(f"study {study_key!r} in {storage}: ran {len(trials) - before} trials now; "
-      f"{len(complete)} of {len(trials)} complete")
+print(
+    f"study {study_key!r} in {storage}: ran {len(trials) - before} trials now; "
+    f"{len(complete)} of {len(trials)} complete"
+)
 
 # %% [markdown]
 # ## Pareto front: validation macro-F1 against measured latency
@@ -132,9 +189,12 @@ chosen = pick_trial(trials, ref_f1, ref_ms)
 arch = trial_arch(chosen)
 save_arch(arch, run.path("search"), "chosen")
 display(report.trial_table(trials, f1_ref, latency_ref).query("pareto").round(4))
-print(f"reference: F1 {f1_ref:.3f}, {latency_ref:.2f} ms ({'baseline' if baseline else 'best trial'}); chosen: "
-      f"trial {chosen.number}, val F1 {trial_objectives(chosen)[0]:.3f}, {trial_objectives(chosen)[1]:.2f} ms, "
-      f"input {arch.image_size} px, blocks {[(b.op, b.kernel, b.layers, b.channels) for b in arch.blocks]}")
+picked = trial_objectives(chosen)
+print(
+    f"reference: F1 {f1_ref:.3f}, {latency_ref:.2f} ms ({'baseline' if baseline else 'best trial'}); chosen: "
+    f"trial {chosen.number}, val F1 {picked.val_f1:.3f}, {picked.latency_ms:.2f} ms, "
+    f"input {arch.image_size} px, blocks {[(b.op, b.kernel, b.layers, b.channels) for b in arch.blocks]}"
+)
 
 # %% [markdown]
 # ## Retrain the chosen architecture with the full budget
@@ -142,12 +202,13 @@ print(f"reference: F1 {f1_ref:.3f}, {latency_ref:.2f} ms ({'baseline' if baselin
 # MnasNet); the checkpoint `search/checkpoint.pt` resumes an interrupted run (other parameters start afresh).
 
 # %%
-norm = model_preprocessing("mnasnet1_0")
-config = arch_train_config(arch, final_epochs, batch_size, seed, threads, device)
+spec = ModelSpec.create("searched", dataset.classes, arch.image_size, arch=arch.to_dict())
+config = arch_train_config(arch, final_epochs, batch_size=batch_size, seed=seed, threads=threads, device=device)
 seed_everything(seed)
-model = build_model("searched", len(dataset.classes), arch.image_size, arch=arch.to_dict())
-result = train_model(model, train, val, config, checkpoint_path=run.path("search", "checkpoint.pt"),
-                     restart_other_runs=True)
+model = build_model(spec.name, spec.num_classes, arch.image_size, arch=spec.arch)
+result = train_model(
+    model, train, val, config, checkpoint_path=run.path("search", "checkpoint.pt"), restart_other_runs=True
+)
 fig = report.plot_training(result.history, f"searched (trial {chosen.number})")
 print(f"best validation macro-F1 {result.best_val_f1:.3f} at epoch {result.best_epoch}, {result.seconds:.0f} s")
 
@@ -157,15 +218,30 @@ print(f"best validation macro-F1 {result.best_val_f1:.3f} at epoch {result.best_
 # throughput at the model's own input size, submit time from the files on disk, and both scores.
 
 # %%
-spec = model_spec("searched", dataset, arch.image_size, norm, arch=arch.to_dict())
-searched = assess_candidate("searched", result.model, spec, dataset, threads=threads, baseline=baseline,
-                            latency_runs=latency_runs)
-search_info = {"study": study_key, "storage": str(storage), "trials": len(trials), "complete": len(complete),
-               "trial": chosen.number, "trial_val_f1": trial_objectives(chosen)[0],
-               "trial_latency_ms": trial_objectives(chosen)[1], "pick_f1_ref": f1_ref,
-               "pick_latency_ref_ms": latency_ref, "pick_reference": "baseline" if baseline else "best trial"}
-save_candidate(run, "search", searched, result.model, spec, params,
-               {"training": result.to_dict(), "search": search_info})
+searched = assess_candidate(
+    "searched", result.model, spec, dataset, threads=threads, baseline=baseline, latency_runs=latency_runs
+)
+search_info = {
+    "study": study_key,
+    "storage": str(storage),
+    "trials": len(trials),
+    "complete": len(complete),
+    "trial": chosen.number,
+    "trial_val_f1": picked.val_f1,
+    "trial_latency_ms": picked.latency_ms,
+    "pick_f1_ref": f1_ref,
+    "pick_latency_ref_ms": latency_ref,
+    "pick_reference": "baseline" if baseline else "best trial",
+}
+save_candidate(
+    run,
+    "search",
+    searched,
+    result.model,
+    spec,
+    params=params,
+    extra={"training": result.to_dict(), "search": search_info},
+)
 fig = report.plot_confusion(searched, dataset.classes, f"searched test macro-F1 {searched['f1_test']:.3f}")
 
 # %% [markdown]
@@ -174,24 +250,55 @@ fig = report.plot_confusion(searched, dataset.classes, f"searched test macro-F1 
 # uses the competition's constants, "relative" the baseline's test F1 and submit time (empty without one).
 
 # %%
-columns = ["model", "image_size", "f1_test", "f1_public", "f1_private", "latency_b1_ms", "throughput_b32_ips",
-           "submit_s", "params", "macs", "size_bytes", "score_published", "score_relative"]
-table = pd.DataFrame([r for r in (searched, baseline) if r], columns=columns,
-                     index=[n for n, r in (("searched", searched), ("baseline", baseline)) if r])
+columns = [
+    "model",
+    "image_size",
+    "f1_test",
+    "f1_public",
+    "f1_private",
+    "latency_b1_ms",
+    "throughput_b32_ips",
+    "submit_s",
+    "params",
+    "macs",
+    "size_bytes",
+    "score_published",
+    "score_relative",
+]
+table = pd.DataFrame(
+    [r for r in (searched, baseline) if r],
+    columns=columns,
+    index=[n for n, r in (("searched", searched), ("baseline", baseline)) if r],
+)
 display(table.round(4))
-run.headline("02_search", {"trials": len(trials), "complete": len(complete), "pareto": len(pareto_trials(trials)),
-                           "chosen_trial": chosen.number, "searched_f1": round(searched["f1_test"], 4),
-                           "searched_latency_ms": round(searched["latency_b1_ms"], 3),
-                           "searched_params": searched["params"], "searched_macs": searched["macs"],
-                           **({"searched_score_relative": round(searched["score_relative"], 4)} if baseline else {})})
-written = [*([] if storage_url else [storage]), run.path("search", "chosen.json"), run.path("search", "chosen.yaml"),
-           run.path("search", "searched", "model.pt"), run.path("search", "searched", "metrics.json")]
+run.headline(
+    "02_search",
+    {
+        "trials": len(trials),
+        "complete": len(complete),
+        "pareto": len(pareto_trials(trials)),
+        "chosen_trial": chosen.number,
+        "searched_f1": round(searched["f1_test"], 4),
+        "searched_latency_ms": round(searched["latency_b1_ms"], 3),
+        "searched_params": searched["params"],
+        "searched_macs": searched["macs"],
+        **({"searched_score_relative": round(searched["score_relative"], 4)} if baseline else {}),
+    },
+)
+written = [
+    *([] if storage_url else [storage]),
+    run.path("search", "chosen.json"),
+    run.path("search", "chosen.yaml"),
+    run.path("search", "searched", "model.pt"),
+    run.path("search", "searched", "metrics.json"),
+]
 print("wrote", *written, sep="\n  ")
 
 assert len(complete) > 0, "no trial completed"
-assert searched["image_size"] == arch.image_size == chosen.params["image_size"] == spec["image_size"], \
+assert searched["image_size"] == arch.image_size == chosen.params["image_size"] == spec.image_size, (
     "latency not measured at the chosen model's own input size"
-assert searched["latency_b1_ms"] > 0 and list(config.mean) == norm["mean"] and list(config.std) == norm["std"]
+)
+assert searched["latency_b1_ms"] > 0 and config.mean == spec.mean and config.std == spec.std
 print(check_above_chance("searched", searched["f1_test"], len(dataset.classes), data))
 assert searched["submit_agrees_with_cache"], "predictions from the files on disk differ from the crop cache"
 assert all(p.is_file() for p in written), [str(p) for p in written if not p.is_file()]

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 03 · Compress: decomposition and structured pruning, recovered by distillation
 #
@@ -9,7 +17,7 @@
 # directory; writes `compress/<variant>/model.pt` (architecture spec + weights) and `metrics.json` for every
 # variant, and `compress/layer_scan.json`.
 
-# %% [parameters]
+# %% tags=["parameters"]
 run_dir = "../runs/scratch"
 data = "synthetic"
 sources = ["baseline", "searched"]  # models to compress, when in the run: "baseline", "searched", "teacher"
@@ -40,32 +48,56 @@ import torch
 from IPython.display import display
 
 from trashlib import report
-from trashlib.candidate import baseline_or_standin, check_above_chance, finish_candidate, load_candidate
-from trashlib.compress import build_variants, kept_ranks, scan_decomposition
 from trashlib.bench import compare_models, count_macs, count_params
-from trashlib.train import distillation_config, preprocess, seed_everything
-from trashlib.workbook import open_run
+from trashlib.candidate import baseline_or_standin, check_above_chance, finish_candidate, load_candidate
+from trashlib.compress import Variant, build_variants, kept_ranks, scan_decomposition
+from trashlib.run import open_run
+from trashlib.train import TrainConfig, preprocess, seed_everything
 
 run = open_run(run_dir)
 dataset = run.prepared(data)
-params = dict(sources=sources, prune_ratios=prune_ratios, importance=importance, global_pruning=global_pruning,
-              iterative_steps=iterative_steps, rank_rule=rank_rule, energy=energy, min_speedup=min_speedup,
-              max_error=max_error, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
-              distill_temperature=distill_temperature, distill_alpha=distill_alpha, teacher=teacher, batch_size=batch_size, seed=seed, threads=threads,
-              device=device)
-base_model, base_spec, baseline = baseline_or_standin(run, dataset, standin_epochs, seed=seed, threads=threads)
-saved = {"baseline": (base_model, base_spec, baseline), "searched": load_candidate(run, "search", "searched"),
-         "teacher": load_candidate(run, "baseline", "teacher")}
+params = dict(
+    sources=sources,
+    prune_ratios=prune_ratios,
+    importance=importance,
+    global_pruning=global_pruning,
+    iterative_steps=iterative_steps,
+    rank_rule=rank_rule,
+    energy=energy,
+    min_speedup=min_speedup,
+    max_error=max_error,
+    finetune_epochs=finetune_epochs,
+    finetune_lr=finetune_lr,
+    distill_temperature=distill_temperature,
+    distill_alpha=distill_alpha,
+    teacher=teacher,
+    batch_size=batch_size,
+    seed=seed,
+    threads=threads,
+    device=device,
+)
+base = baseline_or_standin(run, dataset, epochs=standin_epochs, seed=seed, threads=threads)
+baseline = base.record
+saved = {
+    "baseline": base,
+    "searched": load_candidate(run, "search", "searched"),
+    "teacher": load_candidate(run, "baseline", "teacher"),
+}
 unknown = set(sources) - set(saved)
 assert not unknown, f"sources: unknown {sorted(unknown)}; choose from {sorted(saved)}"
-to_compress = {name: saved[name][:2] for name in ["baseline", *sources] if saved[name]}
+to_compress = {name: (saved[name].model, saved[name].spec) for name in ["baseline", *sources] if saved[name]}
 saved_teacher = saved["teacher"] if teacher == "auto" else None
-teacher_model, teacher_spec = (saved_teacher[:2] if saved_teacher else (base_model, base_spec)
-                               if teacher != "none" else (None, None))
-teacher_said = ("none" if teacher_spec is None else "EfficientNet-Lite0 of notebook 01" if saved_teacher
-                else "the baseline")
-print("sources:", ", ".join(f"{k} ({spec['name']} at {spec['image_size']} px)" for k, (_, spec) in to_compress.items()),
-      "| teacher:", teacher_said)
+teacher_used = saved_teacher or (base if teacher != "none" else None)
+teacher_model, teacher_spec = (teacher_used.model, teacher_used.spec) if teacher_used else (None, None)
+teacher_said = (
+    "none" if teacher_spec is None else "EfficientNet-Lite0 of notebook 01" if saved_teacher else "the baseline"
+)
+print(
+    "sources:",
+    ", ".join(f"{k} ({spec.name} at {spec.image_size} px)" for k, (_, spec) in to_compress.items()),
+    "| teacher:",
+    teacher_said,
+)
 
 # %% [markdown]
 # ## Decomposition scan: which layers get faster when factorized?
@@ -73,25 +105,39 @@ print("sources:", ", ".join(f"{k} ({spec['name']} at {spec['image_size']} px)" f
 # `threads` threads before and after factorizing at the rank the rule picks (the two interleaved), and the
 # factorization's relative output error is measured. A layer is kept when it is smaller, at least `min_speedup`
 # times faster and its error at most `max_error`. VBMF finds little low-rank structure in weights trained
-# from scratch for a few epochs (their spectrum is nearly flat), so it picks tiny ranks with large errors there. MnasNet is built from depthwise
+# from scratch for a few epochs (their spectrum is nearly flat), so it picks tiny ranks with large errors there.
+# MnasNet is built from depthwise
 # k x k convolutions (left alone: Tucker-2 does not apply to them) and 1 x 1 convolutions (SVD: two thinner
 # 1 x 1 convolutions, which pay only when the rank is well below the layer's width); the only full k x k
 # convolution is the 3-channel stem.
 
 # %%
 seed_everything(seed)
-size = base_spec["image_size"]
+size = base.spec.image_size
 train_x, train_y = dataset.split("train")
-calibration = (preprocess(train_x[:batch_size], size, base_spec["mean"], base_spec["std"]),
-               torch.as_tensor(train_y[:batch_size]).long())
-layer_scan = scan_decomposition(base_model, size, rank_rule, energy, min_speedup, threads, rounds=compare_rounds,
-                                sample=calibration[0], max_error=max_error)
+calibration = (
+    preprocess(train_x[:batch_size], size, base.spec.mean, base.spec.std),
+    torch.as_tensor(train_y[:batch_size]).long(),
+)
+layer_scan = scan_decomposition(
+    base.model,
+    size,
+    rule=rank_rule,
+    energy=energy,
+    min_speedup=min_speedup,
+    threads=threads,
+    rounds=compare_rounds,
+    sample=calibration[0],
+    max_error=max_error,
+)
 scan = [s.to_dict() for s in layer_scan]
 scan_table = pd.DataFrame(scan).set_index("layer")
 counts = scan_table["kind"].value_counts().to_dict()
 kept = scan_table[scan_table["keep"]]
-print(f"{len(scan_table)} convolutions: {counts}; kept {len(kept)} "
-      f"(median speed-up of the kept layers alone {kept['speedup'].median() if len(kept) else float('nan'):.2f}x)")
+print(
+    f"{len(scan_table)} convolutions: {counts}; kept {len(kept)} "
+    f"(median speed-up of the kept layers alone {kept['speedup'].median() if len(kept) else float('nan'):.2f}x)"
+)
 fig = report.plot_layer_scan(scan)
 display(scan_table[scan_table["speedup"].notna()].sort_values("speedup", ascending=False).head(12).round(3))
 
@@ -104,11 +150,23 @@ display(scan_table[scan_table["speedup"].notna()].sort_values("speedup", ascendi
 # compression costs apart from what the extra epochs of distillation gain.
 
 # %%
-variants = build_variants(to_compress, prune_ratios, kept_ranks(layer_scan), importance, global_pruning,
-                          iterative_steps, calibration)
-display(pd.DataFrame({label: {"source": info["source"], "technique": info["technique"],
-                              "params": sum(p.numel() for p in model.parameters())}
-                      for label, (model, spec, info) in variants.items()}).T)
+variants = build_variants(
+    to_compress,
+    prune_ratios,
+    decompose_ranks=kept_ranks(layer_scan),
+    importance=importance,
+    global_pruning=global_pruning,
+    iterative_steps=iterative_steps,
+    calibration=calibration,
+)
+display(
+    pd.DataFrame(
+        {
+            label: {"source": v.info["source"], "technique": v.info["technique"], "params": count_params(v.model)}
+            for label, v in variants.items()
+        }
+    ).T
+)
 
 # %% [markdown]
 # ## Distil, assess and save every variant
@@ -120,11 +178,36 @@ display(pd.DataFrame({label: {"source": info["source"], "technique": info["techn
 # %%
 records = {}
 for label, (model, spec, info) in variants.items():
-    config = distillation_config(spec, teacher_spec, finetune_epochs, finetune_lr, batch_size, distill_temperature,
-                                 distill_alpha, seed=seed, threads=threads, device=device)
-    variants[label] = (finish_candidate(run, "compress", label, model, spec, dataset, params, config, teacher_model,
-                                        baseline, threads, latency_runs, {"compression": info})[0], spec, info)
-    records[label] = {**info, **load_candidate(run, "compress", label)[2]}
+    config = TrainConfig.for_spec(
+        spec,
+        teacher=teacher_spec,
+        epochs=finetune_epochs,
+        lr=finetune_lr,
+        batch_size=batch_size,
+        augment=0.3,
+        distill_temperature=distill_temperature,
+        distill_alpha=distill_alpha,
+        seed=seed,
+        threads=threads,
+        device=device,
+    )
+    finished = finish_candidate(
+        run,
+        "compress",
+        label,
+        model,
+        spec,
+        dataset,
+        params=params,
+        config=config,
+        teacher=teacher_model,
+        baseline=baseline,
+        threads=threads,
+        latency_runs=latency_runs,
+        extra={"compression": info},
+    )
+    variants[label] = Variant(finished.model, finished.spec, info)
+    records[label] = {**info, **finished.record}
 run.write_metrics("compress", {"layer_scan": scan}, params)
 
 # %% [markdown]
@@ -135,8 +218,10 @@ run.write_metrics("compress", {"layer_scan": scan}, params)
 # %%
 speed = {}
 for source, (model, spec) in to_compress.items():
-    group = {source: (model, spec["image_size"]), **{k: (v[0], v[1]["image_size"]) for k, v in variants.items()
-                                                      if v[2]["source"] == source}}
+    group = {
+        source: (model, spec.image_size),
+        **{k: (v.model, v.spec.image_size) for k, v in variants.items() if v.info["source"] == source},
+    }
     for batch in (1, 32):
         for label, timing in compare_models(group, batch, threads, compare_rounds, 10 if batch == 1 else 2).items():
             speed.setdefault(label, {"source": source})[f"b{batch}_ms"] = timing["median_ms"]
@@ -145,32 +230,53 @@ for source, (model, spec) in to_compress.items():
 # %% [markdown]
 # ## Summary
 # Per variant against its source (`delta_f1` against the source as saved, `delta_f1_control` against the
-# source fine-tuned with the same recipe): parameters, MACs, batch-1 and batch-32 latency (interleaved medians) and their
+# source fine-tuned with the same recipe): parameters, MACs, batch-1 and batch-32 latency (interleaved medians) and
+# their
 # speed-ups, test macro-F1 and its change, and the competition scores (published constants; relative to the
 # baseline of notebook 01, empty for a stand-in).
 
 # %%
-source_f1 = {name: record["f1_test"] if record else None for name, (_, _, record) in
-             ((k, saved[k]) for k in to_compress)}
-table = pd.DataFrame({label: {"technique": r["technique"], "params": r["params"], "macs": r["macs"],
-                              "b1_ms": speed[label]["b1_ms"], "speedup_b1": speed[label]["speedup_b1"],
-                              "b32_ms": speed[label]["b32_ms"], "speedup_b32": speed[label]["speedup_b32"],
-                              "f1_test": r["f1_test"], "delta_f1": (r["f1_test"] - source_f1[r["source"]]
-                                                                    if source_f1[r["source"]] is not None else None),
-                              "delta_f1_control": r["f1_test"] - records[f"{r['source']}-distilled"]["f1_test"],
-                              "score_published": r["score_published"], "score_relative": r["score_relative"],
-                              "reload_max_diff": r["reload_max_diff"]} for label, r in records.items()}).T
+source_f1 = {name: saved[name].record["f1_test"] if saved[name].record else None for name in to_compress}
+table = pd.DataFrame(
+    {
+        label: {
+            "technique": r["technique"],
+            "params": r["params"],
+            "macs": r["macs"],
+            "b1_ms": speed[label]["b1_ms"],
+            "speedup_b1": speed[label]["speedup_b1"],
+            "b32_ms": speed[label]["b32_ms"],
+            "speedup_b32": speed[label]["speedup_b32"],
+            "f1_test": r["f1_test"],
+            "delta_f1": (r["f1_test"] - source_f1[r["source"]] if source_f1[r["source"]] is not None else None),
+            "delta_f1_control": r["f1_test"] - records[f"{r['source']}-distilled"]["f1_test"],
+            "score_published": r["score_published"],
+            "score_relative": r["score_relative"],
+            "reload_max_diff": r["reload_max_diff"],
+        }
+        for label, r in records.items()
+    }
+).T
 display(table.astype(float, errors="ignore").round(4))
-fig = report.plot_candidates([*records.values(), *([baseline] if baseline else [])
-                              ], title="compressed variants: test macro-F1 against batch-1 latency")
+fig = report.plot_candidates(
+    [*records.values(), *([baseline] if baseline else [])],
+    title="compressed variants: test macro-F1 against batch-1 latency",
+)
 best = min(records, key=lambda k: records[k]["score_published"])
-run.headline("03_compress", {"variants": len(records), "kept_factorizations": len(kept), "best": best,
-                             "best_f1": round(records[best]["f1_test"], 4),
-                             "best_latency_ms": round(records[best]["latency_b1_ms"], 3),
-                             **{f"{k}_speedup_b1": round(v["speedup_b1"], 2) for k, v in speed.items()
-                                if k in records}})
-print("wrote", *[run.path("compress", k, "model.pt") for k in records], run.path("compress", "metrics.json"),
-      sep="\n  ")
+run.headline(
+    "03_compress",
+    {
+        "variants": len(records),
+        "kept_factorizations": len(kept),
+        "best": best,
+        "best_f1": round(records[best]["f1_test"], 4),
+        "best_latency_ms": round(records[best]["latency_b1_ms"], 3),
+        **{f"{k}_speedup_b1": round(v["speedup_b1"], 2) for k, v in speed.items() if k in records},
+    },
+)
+print(
+    "wrote", *[run.path("compress", k, "model.pt") for k in records], run.path("compress", "metrics.json"), sep="\n  "
+)
 
 best_f1 = max(r["f1_test"] for r in records.values())
 print(check_above_chance("the best compressed variant", best_f1, len(dataset.classes), data))

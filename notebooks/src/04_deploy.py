@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 04 · Deploy: int8, ONNX Runtime, and one timing harness
 #
@@ -8,14 +16,14 @@
 # writes `deploy/<candidate>-<runtime>/` (`model.onnx`, `model_card.json`, `metrics.json`) and
 # `deploy/timing.json`.
 
-# %% [parameters]
+# %% tags=["parameters"]
 run_dir = "../runs/scratch"
 data = "synthetic"
 top_n = 1  # candidates deployed besides the baseline: the lowest published scores
 candidates = []  # or explicit "stage/candidate" names, e.g. ["compress/baseline-pruned50"]
 calibration_images = 64
 with_compile = False  # also time torch.compile (about a minute of compilation per model on 2 cores)
-qat_epochs = 0  # > 0: a PT2E int8 model losing more than qat_max_drop test F1 is redone with quantization-aware training
+qat_epochs = 0  # > 0: an int8 model losing more than qat_max_drop test F1 is redone with quantization-aware training
 qat_max_drop = 0.02
 seed = 0
 threads = 2
@@ -30,26 +38,50 @@ from IPython.display import display
 
 from trashlib import report
 from trashlib.bench import original_loop_submit_time, runtime_table
-from trashlib.candidate import (assess_candidate, baseline_or_standin, list_candidates, load_candidate,
-                                pick_for_deployment)
+from trashlib.candidate import (
+    assess_candidate,
+    baseline_or_standin,
+    list_candidates,
+    load_candidate,
+    pick_for_deployment,
+)
 from trashlib.quantize import deploy_candidate, read_model_card
+from trashlib.run import open_run
 from trashlib.train import seed_everything
-from trashlib.workbook import open_run
 
 run = open_run(run_dir)
 dataset = run.prepared(data)
-params = dict(top_n=top_n, candidates=candidates, calibration_images=calibration_images, with_compile=with_compile,
-              qat_epochs=qat_epochs, qat_max_drop=qat_max_drop,
-              seed=seed, threads=threads, latency_runs=latency_runs, compare_rounds=compare_rounds)
+params = dict(
+    top_n=top_n,
+    candidates=candidates,
+    calibration_images=calibration_images,
+    with_compile=with_compile,
+    qat_epochs=qat_epochs,
+    qat_max_drop=qat_max_drop,
+    seed=seed,
+    threads=threads,
+    latency_runs=latency_runs,
+    compare_rounds=compare_rounds,
+)
 records = list_candidates(run, ("baseline", "search", "compress"))
 if not any(r["candidate"] == "baseline" for r in records):
-    model, spec, _ = baseline_or_standin(run, dataset, standin_epochs, seed=seed, threads=threads)
-    records.append({"stage": "baseline", **assess_candidate("baseline", model, spec, dataset, threads=threads,
-                                                            latency_runs=latency_runs)})
+    standin = baseline_or_standin(run, dataset, epochs=standin_epochs, seed=seed, threads=threads)
+    records.append(
+        {
+            "stage": "baseline",
+            **assess_candidate(
+                "baseline", standin.model, standin.spec, dataset, threads=threads, latency_runs=latency_runs
+            ),
+        }
+    )
 chosen = pick_for_deployment(records, top_n, candidates)
 baseline = next(r for r in records if r["stage"] == "baseline" and r["candidate"] == "baseline")
-display(pd.DataFrame(records).set_index("candidate")[["stage", "model", "f1_test", "latency_b1_ms", "submit_s",
-                                                       "score_published"]].sort_values("score_published").round(4))
+display(
+    pd.DataFrame(records)
+    .set_index("candidate")[["stage", "model", "f1_test", "latency_b1_ms", "submit_s", "score_published"]]
+    .sort_values("score_published")
+    .round(4)
+)
 print("deploying:", ", ".join(f"{r['stage']}/{r['candidate']}" for r in chosen))
 
 # %% [markdown]
@@ -66,16 +98,46 @@ print("deploying:", ", ".join(f"{r['stage']}/{r['candidate']}" for r in chosen))
 seed_everything(seed)
 deployed, sources, deploy_records = {}, {}, []
 for source in chosen:
-    model, spec = (load_candidate(run, source["stage"], source["candidate"]) or
-                   baseline_or_standin(run, dataset, standin_epochs, seed=seed, threads=threads))[:2]
+    model, spec, _ = load_candidate(run, source["stage"], source["candidate"]) or baseline_or_standin(
+        run, dataset, epochs=standin_epochs, seed=seed, threads=threads
+    )
     sources[source["candidate"]] = (model, spec, source)
-    deployed[source["candidate"]], records_ = deploy_candidate(run, source["candidate"], model, spec, source,
-                                                               dataset, params, baseline, threads, latency_runs,
-                                                               calibration_images, qat_epochs, qat_max_drop)
-    deploy_records += records_
+    deployment = deploy_candidate(
+        run,
+        source["candidate"],
+        model,
+        spec,
+        source,
+        dataset,
+        params=params,
+        baseline=baseline,
+        threads=threads,
+        latency_runs=latency_runs,
+        calibration_images=calibration_images,
+        qat_epochs=qat_epochs,
+        qat_max_drop=qat_max_drop,
+    )
+    deployed[source["candidate"]] = deployment.models
+    deploy_records += deployment.records
 checks = pd.DataFrame(deploy_records).set_index("candidate")
-display(checks[[c for c in ("runtime", "method", "top1_agreement", "max_abs_diff", "f1_test", "f1_change",
-                            "size_bytes", "flagged") if c in checks]].round(4))
+display(
+    checks[
+        [
+            c
+            for c in (
+                "runtime",
+                "method",
+                "top1_agreement",
+                "max_abs_diff",
+                "f1_test",
+                "f1_change",
+                "size_bytes",
+                "flagged",
+            )
+            if c in checks
+        ]
+    ].round(4)
+)
 
 # %% [markdown]
 # ## One harness, every runtime
@@ -87,20 +149,26 @@ display(checks[[c for c in ("runtime", "method", "top1_agreement", "max_abs_diff
 # %%
 variants = {}
 for label, (model, spec, source) in sources.items():
-    size, macs = spec["image_size"], source["macs"]
+    size, macs = spec.image_size, source["macs"]
     variants[f"{label} eager-fp32"] = (model, size, macs, "fp32")
     if with_compile:
         variants[f"{label} compile-fp32"] = (torch.compile(model), size, macs, "fp32")
     for runtime, module in deployed[label].items():
         variants[f"{label} {runtime}"] = (module, size, macs, "int8" if runtime.endswith("int8") else "fp32")
-timing = pd.DataFrame(runtime_table(variants, threads, compare_rounds)).set_index("variant")
+timing = pd.DataFrame(runtime_table(variants, threads=threads, rounds=compare_rounds)).set_index("variant")
 display(timing.round(3))
-f1_of = {**{f"{label} {kind}-fp32": source["f1_test"] for label, (_, _, source) in sources.items()
-            for kind in ("eager", "compile")},
-         **{f"{r['source']} {r['runtime']}": r["f1_test"] for r in deploy_records if not r.get("flagged")}}
-fig = report.plot_candidates([{"candidate": name, "f1_test": f1_of[name], "latency_b1_ms": row["b1_ms"]}
-                              for name, row in timing.iterrows()],
-                             title="deployed variants: test macro-F1 against batch-1 latency (interleaved)")
+f1_of = {
+    **{
+        f"{label} {kind}-fp32": source["f1_test"]
+        for label, (_, _, source) in sources.items()
+        for kind in ("eager", "compile")
+    },
+    **{f"{r['source']} {r['runtime']}": r["f1_test"] for r in deploy_records if not r.get("flagged")},
+}
+fig = report.plot_candidates(
+    [{"candidate": name, "f1_test": f1_of[name], "latency_b1_ms": row["b1_ms"]} for name, row in timing.iterrows()],
+    title="deployed variants: test macro-F1 against batch-1 latency (interleaved)",
+)
 
 # %% [markdown]
 # ## Against the competition's own inference loop
@@ -113,25 +181,48 @@ base_model, base_spec, base_record = sources["baseline"]
 original = original_loop_submit_time(base_model, base_spec, dataset, threads=threads)
 ok = [r for r in deploy_records if not r.get("flagged")]
 fastest = min(ok, key=lambda r: r["submit_s"])
-print(f"original loop: {original['seconds']:.2f} s for {original['n']} images; fastest deployed "
-      f"{fastest['candidate']}: {fastest['submit_s']:.2f} s ({original['seconds'] / fastest['submit_s']:.1f}x shorter)")
+print(
+    f"original loop: {original['seconds']:.2f} s for {original['n']} images; fastest deployed "
+    f"{fastest['candidate']}: {fastest['submit_s']:.2f} s ({original['seconds'] / fastest['submit_s']:.1f}x shorter)"
+)
 
 # %% [markdown]
 # ## Summary
 
 # %%
-summary = {"timing": timing.reset_index().to_dict("records"), "original_loop_s": original["seconds"],
-           "original_loop_n": original["n"], "fastest_submit": fastest["candidate"],
-           "fastest_submit_s": fastest["submit_s"]}
+summary = {
+    "timing": timing.reset_index().to_dict("records"),
+    "original_loop_s": original["seconds"],
+    "original_loop_n": original["n"],
+    "fastest_submit": fastest["candidate"],
+    "fastest_submit_s": fastest["submit_s"],
+}
 run.write_metrics("deploy", summary, params)
-columns = ["runtime", "f1_test", "f1_change", "top1_agreement", "latency_b1_ms", "submit_s", "size_bytes",
-           "score_published", "flagged"]
+columns = [
+    "runtime",
+    "f1_test",
+    "f1_change",
+    "top1_agreement",
+    "latency_b1_ms",
+    "submit_s",
+    "size_bytes",
+    "score_published",
+    "flagged",
+]
 display(checks[[c for c in columns if c in checks]].round(4))
 best = min(ok, key=lambda r: r["score_published"])
-run.headline("04_deploy", {"deployed": len(ok), "flagged": len(deploy_records) - len(ok), "best": best["candidate"],
-                           "best_f1": round(best["f1_test"], 4), "best_latency_ms": round(best["latency_b1_ms"], 3),
-                           "original_loop_s": round(original["seconds"], 3),
-                           "fastest_submit_s": round(fastest["submit_s"], 3)})
+run.headline(
+    "04_deploy",
+    {
+        "deployed": len(ok),
+        "flagged": len(deploy_records) - len(ok),
+        "best": best["candidate"],
+        "best_f1": round(best["f1_test"], 4),
+        "best_latency_ms": round(best["latency_b1_ms"], 3),
+        "original_loop_s": round(original["seconds"], 3),
+        "fastest_submit_s": round(fastest["submit_s"], 3),
+    },
+)
 
 for r in ok:
     folder = run.path("deploy", r["candidate"], "metrics.json").parent
@@ -139,8 +230,9 @@ for r in ok:
     if r["runtime"] == "onnx-fp32":
         assert r["max_abs_diff"] < 1e-3, f"{r['candidate']}: ONNX fp32 differs from torch by {r['max_abs_diff']}"
     if r["runtime"].startswith("onnx"):
-        assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "model.onnx", "model_card.json"], \
+        assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "model.onnx", "model_card.json"], (
             f"{folder} holds more than one model file (external data?)"
+        )
         assert read_model_card(folder / "model.onnx")["class_names"] == list(dataset.classes)
 assert original["n"] == len(dataset.split("test")[1]) == fastest["submit_n"]
 assert all(row["b1_ms"] > 0 and row["floor_b1_ms"] > 0 for _, row in timing.iterrows())

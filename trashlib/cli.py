@@ -1,4 +1,5 @@
-"""Command line: `python -m trashlib run|prepare|synthetic|download-taco|tune-create|tune-worker ...`."""
+"""Command line: `python -m trashlib COMMAND ...` with run, prepare, synthetic, download-taco, tune-create, tune-worker,
+predict and evaluate."""
 
 from __future__ import annotations
 
@@ -77,7 +78,92 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--timeout", type=float, default=None, help="seconds before starting no more trials")
     worker.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
+
+    pred = sub.add_parser("predict", help="classify new photos with a shipped ONNX model (no torch needed)")
+    pred.add_argument(
+        "model",
+        help="a winner/ or deploy/<candidate>/ folder (model.onnx + model_card.json), or an .onnx file with its model "
+        "card in the metadata",
+    )
+    pred.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders of images (one object per image), or COCO folders (annotations.json + images: "
+        "every box)",
+    )
+    pred.add_argument(
+        "--out", default=None, help="output file (default: predictions.csv, or output.csv with --format competition)"
+    )
+    pred.add_argument(
+        "--format",
+        dest="fmt",
+        choices=("csv", "competition"),
+        default="csv",
+        help="csv: one row per object with class, confidence and per-class probabilities; competition: the "
+        "competition's JSON (inference, time, macs)",
+    )
+    _model_arguments(pred, batch_size=32)
+    pred.add_argument(
+        "--no-draft",
+        dest="draft",
+        action="store_false",
+        help="decode every JPEG at full size (exactly the workbook's crops) instead of at the largest DCT reduction "
+        "that keeps each crop at least cache_side pixels",
+    )
+    pred.add_argument(
+        "--draft-gap",
+        type=float,
+        default=1.0,
+        help="with draft: keep each crop at least this many times cache_side pixels (default: 1; 2 is closer to "
+        "full decoding, slower)",
+    )
+
+    ev = sub.add_parser("evaluate", help="score a shipped ONNX model on labelled data, prepared as the workbook does")
+    ev.add_argument("model", help="a winner/ or deploy/<candidate>/ folder, or an .onnx file with its card")
+    ev.add_argument("data", help="a COCO folder (annotations.json + images) or an ImageFolder (<class>/<file>)")
+    ev.add_argument(
+        "--split",
+        choices=("test", "val", "train", "all"),
+        default="test",
+        help="which split of the workbook's photo-wise split to score (default: test)",
+    )
+    ev.add_argument(
+        "--out",
+        default="evaluation",
+        help="folder for evaluation.json, evaluation.html, predictions.csv and the prepared crops (prepared/) "
+        "(default: evaluation)",
+    )
+    ev.add_argument(
+        "--mapping",
+        default="taco",
+        help="COCO category mapping: a name (taco, recycle10) or a JSON file (default: taco)",
+    )
+    ev.add_argument("--seed", type=int, default=0, help="split seed, as the workbook's (default: 0)")
+    ev.add_argument(
+        "--fractions",
+        type=float,
+        nargs=3,
+        default=(0.7, 0.15, 0.15),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="split fractions, as the workbook's (default: 0.7 0.15 0.15)",
+    )
+    _model_arguments(ev, batch_size=64)
     return parser
+
+
+def _model_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    parser.add_argument("--runtime", default="onnxruntime", help="inference runtime (default: onnxruntime)")
+    parser.add_argument("--threads", type=int, default=2, help="runtime threads, and decoding threads (default: 2)")
+    parser.add_argument(
+        "--batch-size", type=int, default=batch_size, help=f"objects per model call (default: {batch_size})"
+    )
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="show a progress bar on stderr even when it is not a terminal",
+    )
 
 
 def _storage_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +202,44 @@ def main(argv: list[str] | None = None) -> int:
         return _download(args)
     if args.command in ("tune-create", "tune-worker"):
         return _tune(args)
+    if args.command in ("predict", "evaluate"):
+        return _predict(args)
     return 2
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from trashlib.predict import PredictError, main_evaluate, main_predict
+
+    try:
+        if args.command == "predict":
+            return main_predict(
+                args.model,
+                args.inputs,
+                out=args.out,
+                fmt=args.fmt,
+                runtime=args.runtime,
+                threads=args.threads,
+                batch_size=args.batch_size,
+                draft=args.draft,
+                draft_gap=args.draft_gap,
+                progress=args.progress,
+            )
+        return main_evaluate(
+            args.model,
+            args.data,
+            out=args.out,
+            split=args.split,
+            mapping=args.mapping,
+            seed=args.seed,
+            fractions=tuple(args.fractions),
+            runtime=args.runtime,
+            threads=args.threads,
+            batch_size=args.batch_size,
+            progress=args.progress,
+        )
+    except PredictError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _download(args: argparse.Namespace) -> int:

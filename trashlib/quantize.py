@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from trashlib.candidate import CandidateRecord, assess_candidate
-from trashlib.data import PreparedData
+from trashlib.data import PrepareConfig, PreparedData
 from trashlib.files import atomic_write_bytes, atomic_write_json, sha256_file
 from trashlib.models import ModelSpec
+from trashlib.predict import preprocessing_card, seal_model_card
 from trashlib.run import Run
 from trashlib.train import TrainConfig, preprocess, train_model
 
@@ -188,9 +189,13 @@ def agreement(a: nn.Module, b: nn.Module, batches: Sequence[torch.Tensor]) -> di
 # ONNX
 
 
-def model_card(spec: ModelSpec, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a robot needs to use the model: classes, input size, layout, value range and normalisation."""
-    return {
+def model_card(
+    spec: ModelSpec, extra: dict[str, Any] | None = None, *, prepare: PrepareConfig | dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a robot needs to use the model: classes, input size, layout, value range and normalisation; with
+    ``prepare`` (the data's ``PrepareConfig`` or its dict, ``data.meta["config"]``) also the whole preprocessing
+    from a photo file to the input tensor (``predict.preprocessing_card``)."""
+    card = {
         "model": spec.name,
         "class_names": list(spec.class_names),
         "image_size": spec.image_size,
@@ -204,8 +209,12 @@ def model_card(spec: ModelSpec, extra: dict[str, Any] | None = None) -> dict[str
             "std": list(spec.std),
         },
         "output": {"name": OUTPUT_NAME, "meaning": "logits, one per class, argmax is the label"},
-        **(extra or {}),
     }
+    if prepare is not None:
+        card["preprocessing"] = preprocessing_card(
+            prepare, image_size=spec.image_size, mean=spec.mean, std=spec.std, class_names=spec.class_names
+        )
+    return {**card, **(extra or {})}
 
 
 def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, card: dict[str, Any] | None = None) -> Path:
@@ -230,7 +239,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, card: dict[str, A
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as error:
         raise QuantizeError(f"{path}: the exported model fails onnx's checker: {_first_line(error)}") from error
-    data = proto.SerializeToString()
+    data = seal_model_card(proto.SerializeToString())  # the card carries a digest a lone file is checked with
     difference = _onnx_torch_difference(data, model, size)
     if difference > 1e-3:  # e.g. a value computed outside torch was traced as a constant
         raise QuantizeError(
@@ -342,7 +351,7 @@ def quantize_onnx_int8(fp32_path: Path, out_path: Path, batches: Sequence[torch.
     for key, value in source_meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    atomic_write_bytes(out_path, proto.SerializeToString())
+    atomic_write_bytes(out_path, seal_model_card(proto.SerializeToString()))  # the digest of the int8 graph
     return out_path
 
 
@@ -443,7 +452,11 @@ def deploy_candidate(
                     model,
                     spec,
                     folder / "model.onnx",
-                    model_card(spec, {"runtime": "onnxruntime CPU, fp32", "source": label}),
+                    model_card(
+                        spec,
+                        {"runtime": "onnxruntime CPU, fp32", "source": label, "macs": source.get("macs")},
+                        prepare=data.meta["config"],
+                    ),
                 )
                 deployed = OrtModel(onnx_fp32, threads)
             else:
@@ -484,7 +497,9 @@ def deploy_candidate(
                     "source": label,
                     "f1_test": record["f1_test"],
                     "latency_b1_ms": record["latency_b1_ms"],
+                    "macs": source.get("macs"),
                 },
+                prepare=data.meta["config"],
             )
             write_model_card(folder / "model_card.json", card, onnx_path)
         else:

@@ -82,8 +82,8 @@ def coco_factory(tmp_path: Path):
                 ((int(b[0]), int(b[1]), int(b[0] + b[2]), int(b[1] + b[3])), COLOURS.get(c, (10, 10, 10)))
                 for c, b in objects
             ]
-            if write_images:
-                solid_jpeg(root / fn, size, boxes=boxes)
+            if write_images:  # a background shade of its own: distinct photos, never byte-identical copies
+                solid_jpeg(root / fn, size, (90, 90 + img_id % 64, 90), boxes=boxes)
             images.append({"id": img_id, "file_name": fn, "width": size[0], "height": size[1]})
             for c, b in objects:
                 anns.append(

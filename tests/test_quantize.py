@@ -14,6 +14,8 @@ from torch import nn
 from trashlib import quantize
 from trashlib.bench import runtime_table
 from trashlib.candidate import (
+    NoWinner,
+    Winner,
     assess_candidate,
     leaderboard,
     list_candidates,
@@ -209,11 +211,15 @@ def test_deploy_writes_three_runtimes_and_flags_a_failure_as_fp32(tiny, tmp_path
     assert list(board["score_published"]) == sorted(board["score_published"])
     assert not board.loc["other-onnx-fp32", "deployable"] and board.loc["baseline-onnx-int8", "deployable"]
     assert set(pareto_front(board)) <= set(board.index)
-    winner = ship_winner(run, board)
-    assert winner.candidate in ("baseline-onnx-fp32", "baseline-onnx-int8")
+    # an untrained model: qualify everything above 0 here; above 1.0 nothing qualifies and winner/ goes away
+    winner = ship_winner(run, board, chance=0.0, baseline_f1=None, max_f1_drop=0.05)
+    assert isinstance(winner, Winner) and winner.candidate in ("baseline-onnx-fp32", "baseline-onnx-int8")
     assert (run.run_dir / "winner" / "model.onnx").read_bytes() == (
         run.run_dir / "deploy" / winner.candidate / "model.onnx"
     ).read_bytes()
+    none = ship_winner(run, board, chance=1.0, baseline_f1=None, max_f1_drop=0.05)
+    assert isinstance(none, NoWinner) and "above chance 1.000" in none.reason
+    assert not (run.run_dir / "winner").exists()
     picked = pick_for_deployment(list_candidates(run, ("baseline",)), top_n=1)
     assert picked[0]["candidate"] == "baseline"
     with pytest.raises(ValueError, match="not in the run directory"):

@@ -39,7 +39,8 @@ def test_relative_score_of_the_baseline_itself() -> None:
         {"f1": 0.5, "t": -3.0},
         {"f1": 0.5, "t": float("inf")},
         {"f1": 0.5, "t": 1.0, "t_ref": 0.0},
-        {"f1": 0.5, "t": 1.0, "f1_ref": 0.0},
+        {"f1": 0.5, "t": 1.0, "f1_ref": -0.1},
+        {"f1": 0.5, "t": 1.0, "f1_ref": 1.5},
         {"f1": "0.5", "t": 1.0},
         {"f1": True, "t": 1.0},
     ],
@@ -49,7 +50,28 @@ def test_bad_inputs_raise(kwargs: dict) -> None:
         competition_score(**kwargs)
 
 
-@pytest.mark.parametrize(("baseline_f1", "baseline_t"), [(0.0, 10.0), (0.5, 0.0), (1.5, 10.0)])
+@pytest.mark.parametrize(("baseline_f1", "baseline_t"), [(-0.1, 10.0), (0.5, 0.0), (1.5, 10.0)])
 def test_bad_baseline_raises(baseline_f1: float, baseline_t: float) -> None:
     with pytest.raises(ValueError, match="baseline"):
         relative_score(0.5, 10.0, baseline_f1, baseline_t)
+
+
+def test_a_baseline_at_f1_zero_still_has_a_relative_score() -> None:
+    # a from-scratch baseline that learned nothing (test F1 0) is a reference like any other: it scores 1.0 itself
+    assert relative_score(0.0, 10.0, baseline_f1=0.0, baseline_t=10.0) == pytest.approx(1.0)
+    better = relative_score(0.4, 5.0, baseline_f1=0.0, baseline_t=10.0)
+    assert better < 1.0 and competition_score(0.4, 5.0, f1_ref=0.0, t_ref=10.0) == pytest.approx(better)
+
+
+def test_macro_f1_averages_over_the_classes_present_and_reports_all_classes_too() -> None:
+    from trashlib.score import classification_scores
+
+    names = ["Metal", "Paper", "Paperpack", "Plastic"]
+    # Paperpack and Plastic are absent from the labels; Plastic is predicted once (a false positive)
+    scores = classification_scores([0, 0, 1, 1], [0, 0, 1, 3], names)
+    assert scores["classes_scored"] == ["Metal", "Paper", "Plastic"]
+    assert scores["macro_f1"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
+    assert scores["macro_f1_all_classes"] == pytest.approx((1.0 + 2 / 3 + 0.0 + 0.0) / 4)
+    assert scores["per_class"]["Paperpack"]["support"] == 0 and scores["confusion_matrix"][1] == [0, 1, 0, 1]
+    perfect = classification_scores([0, 1], [0, 1], names)
+    assert perfect["macro_f1"] == 1.0 and perfect["macro_f1_all_classes"] == 0.5

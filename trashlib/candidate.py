@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypedDict
 
+import numpy as np
 import pandas as pd
 from torch import nn
 
@@ -14,9 +16,9 @@ from trashlib.bench import profile_model
 from trashlib.compress import max_output_difference
 from trashlib.data import PreparedData
 from trashlib.files import atomic_write_bytes, read_json
-from trashlib.models import ModelSpec, build_model, load_model, save_model, weights_sha256
+from trashlib.models import ModelError, ModelSpec, build_model, load_model, save_model, weights_sha256
 from trashlib.run import Run
-from trashlib.score import score_candidate
+from trashlib.score import classification_scores, score_candidate
 from trashlib.train import TrainConfig, evaluate, seed_everything, train_model
 
 STAGES: tuple[str, ...] = ("baseline", "search", "compress", "deploy")
@@ -31,6 +33,7 @@ class CandidateRecord(TypedDict, total=False):
     model: str
     image_size: int
     f1_test: float
+    f1_test_all_classes: float
     f1_public: float | None
     f1_private: float | None
     accuracy_test: float
@@ -82,6 +85,13 @@ class Winner:
     files: list[Path]
 
 
+@dataclass(frozen=True)
+class NoWinner:
+    """Why nothing was shipped: no deployable candidate, or none that qualifies."""
+
+    reason: str
+
+
 def check_above_chance(what: str, f1: float, n_classes: int, data: str) -> str:
     """Whether a model learned anything: macro-F1 above chance (1 / classes), said in a line for the notebook.
     On the embedded synthetic data it must be (an ``AssertionError`` otherwise: that is a bug); on real data it
@@ -125,6 +135,7 @@ def assess_candidate(
         model=spec.name,
         image_size=spec.image_size,
         f1_test=f1,
+        f1_test_all_classes=test["macro_f1_all_classes"],
         f1_public=public["macro_f1"] if public is not None else None,
         f1_private=private["macro_f1"] if private is not None else None,
         accuracy_test=test["accuracy"],
@@ -167,12 +178,20 @@ def save_candidate(
 
 
 def load_candidate(run: Run, stage: str, label: str) -> Candidate | None:
-    """A saved candidate's model, spec and record, or None when it is not in the run directory."""
+    """A saved candidate's model, spec and record, or None when it is not in the run directory. The weights must be
+    the ones its record was measured on (``weights_sha256``): a replaced or corrupted model.pt is a ``ModelError``."""
     folder = run.run_dir / stage / label
     if not (folder / "model.pt").is_file() or not (folder / "metrics.json").is_file():
         return None
     model, spec = load_model(folder / "model.pt")
-    return Candidate(model, spec, read_json(folder / "metrics.json")["metrics"])
+    record: CandidateRecord = read_json(folder / "metrics.json")["metrics"]
+    recorded = record.get("weights_sha256")
+    if recorded is not None and weights_sha256(model) != recorded:
+        raise ModelError(
+            f"{folder / 'model.pt'} holds other weights than the ones {folder / 'metrics.json'} was measured on; "
+            f"rerun the notebook that made {stage}/{label}"
+        )
+    return Candidate(model, spec, record)
 
 
 def finish_candidate(
@@ -299,12 +318,46 @@ def pareto_front(board: pd.DataFrame, f1: str = "f1_test", latency: str = "laten
     return front
 
 
-def ship_winner(run: Run, board: pd.DataFrame) -> Winner:
-    """Copy the best-ranked deployable candidate's ONNX model and model card to ``winner/``."""
+def chance_f1(data: PreparedData) -> float:
+    """The macro-F1 a model that learned nothing gets on the test split: the larger of 1 / classes and the score of
+    always answering the training split's most frequent class."""
+    _, train_y = data.split("train")
+    _, test_y = data.split("test")
+    if not len(train_y) or not len(test_y):
+        return 1 / len(data.classes)
+    majority = int(np.bincount(train_y, minlength=len(data.classes)).argmax())
+    constant = classification_scores(test_y, np.full(len(test_y), majority), data.classes)["macro_f1"]
+    return max(1 / len(data.classes), constant)
+
+
+def qualifying(board: pd.DataFrame, *, chance: float, baseline_f1: float | None, max_f1_drop: float) -> pd.Series:
+    """Which candidates may ship: test macro-F1 above ``chance`` and at most ``max_f1_drop`` below the baseline's."""
+    floor = chance if baseline_f1 is None else max(chance, baseline_f1 - max_f1_drop)
+    return (board["f1_test"] > chance) & (board["f1_test"] >= floor)
+
+
+def ship_winner(
+    run: Run, board: pd.DataFrame, *, chance: float, baseline_f1: float | None, max_f1_drop: float
+) -> Winner | NoWinner:
+    """Copy the best-ranked deployable candidate that qualifies (``qualifying``) to ``winner/`` (its ONNX model and
+    model card). When none does, ``winner/`` is removed (no stale model stays there) and the reason returned."""
     deployable = board[board["deployable"]]
-    if deployable.empty:
-        raise ValueError("no deployable (ONNX) candidate in the leaderboard: run notebook 04 first")
-    name = str(deployable.index[0])
+    ok = deployable[qualifying(deployable, chance=chance, baseline_f1=baseline_f1, max_f1_drop=max_f1_drop)]
+    if ok.empty:
+        shutil.rmtree(run.run_dir / "winner", ignore_errors=True)
+        best = f"; the best deployable scores {deployable['f1_test'].max():.3f}" if not deployable.empty else ""
+        base = (
+            f" and at least {baseline_f1 - max_f1_drop:.3f} (baseline {baseline_f1:.3f} - {max_f1_drop})"
+            if (baseline_f1 is not None)
+            else ""
+        )
+        why = (
+            "no deployable (ONNX) candidate in the leaderboard: run notebook 04 first"
+            if deployable.empty
+            else f"no deployable candidate has test macro-F1 above chance {chance:.3f}{base}{best}"
+        )
+        return NoWinner(why)
+    name = str(ok.index[0])
     files = []
     for file in ("model.onnx", "model_card.json"):
         source = run.run_dir / "deploy" / name / file

@@ -51,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument(
         "--backoff", type=float, default=1.0, help="first wait before a retry, doubled each time (default: 1 s)"
     )
+    dl.add_argument(
+        "--max-bytes", type=int, default=64 << 20, help="largest response body accepted, in bytes (default: 64 MiB)"
+    )
+    dl.add_argument(
+        "--deadline",
+        type=float,
+        default=6 * 3600.0,
+        help="seconds after which no request starts; the rest is left for the next run (default: 6 h)",
+    )
 
     create = sub.add_parser(
         "tune-create", help="create an architecture-search study (or check that the existing one has these settings)"
@@ -196,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "synthetic":
         from trashlib.synthetic import make_synthetic_coco
 
-        print(make_synthetic_coco(Path(args.out), n_images=args.images, seed=args.seed))
+        try:
+            print(make_synthetic_coco(Path(args.out), n_images=args.images, seed=args.seed))
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "download-taco":
         return _download(args)
@@ -253,6 +266,8 @@ def _download(args: argparse.Namespace) -> int:
             retries=args.retries,
             backoff=args.backoff,
             timeout=args.timeout,
+            max_bytes=args.max_bytes,
+            deadline_s=args.deadline,
             progress=sys.stderr.isatty(),
         )
     except DownloadError as exc:

@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import math
+import posixpath
+import stat
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -231,7 +233,9 @@ def read_coco(ann_path: Path, mapping: Mapping, report: DataReport) -> list[Samp
         if not _is_text(fn):
             report.skip(name, f"images[{i}].file_name", "not valid Unicode (lone surrogate escape)")
             continue
-        images[img["id"]] = img
+        # ./x.jpg and images//x.jpg are one photo; a name that climbs out stays as given, for safe_path to refuse
+        normal = posixpath.normpath(fn)
+        images[img["id"]] = {**img, "file_name": normal if not normal.startswith(("/", "..")) else fn}
 
     samples: list[Sample] = []
     seen_ann: set[int] = set()
@@ -292,9 +296,16 @@ def coco_image_root(json_dir: Path, file_names: list[str]) -> Path:
 
 
 def read_imagefolder(root: Path, report: DataReport) -> tuple[list[Sample], dict[str, str], list[str]]:
-    """Samples of `<root>/<Class>/*.jpg` or `<root>/<split>/<Class>/*.jpg`; returns samples, given splits, classes."""
-    split_dirs = {d.name for d in root.iterdir() if d.is_dir()} & set(SPLITS)
-    bases = [(root / s, s) for s in SPLITS if s in split_dirs] if {"train", "test"} <= split_dirs else [(root, "")]
+    """Samples of `<root>/<Class>/*.jpg` or `<root>/<split>/<Class>/*.jpg` (any of train/val/test; a missing split is
+    carved out of the given ones); returns samples, given splits, classes."""
+    top = {d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    split_dirs = top & set(SPLITS)
+    if split_dirs and top - split_dirs:
+        raise DataError(
+            f"{root}: mixes split folders {sorted(split_dirs)} with class folders {sorted(top - split_dirs)[:5]}; "
+            f"use <root>/<Class>/ or <root>/<split>/<Class>/"
+        )
+    bases = [(root / s, s) for s in SPLITS if s in split_dirs] if split_dirs else [(root, "")]
     samples: list[Sample] = []
     given: dict[str, str] = {}
     counts: Counter[str] = Counter()
@@ -311,6 +322,9 @@ def read_imagefolder(root: Path, report: DataReport) -> tuple[list[Sample], dict
                     continue
                 if f.suffix.lower() not in IMAGE_EXTENSIONS:
                     report.skip(rel, "file", f"not an image file extension {f.suffix!r}")
+                    continue
+                if not f.is_file():  # a FIFO or a device named like a photo (a symlink to a file is followed)
+                    report.skip(rel, "file", "not a regular file")
                     continue
                 samples.append(Sample(source=rel, label=cls_dir.name, category=cls_dir.name))
                 counts[cls_dir.name] += 1
@@ -360,8 +374,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def check_regular_file(path: Path) -> None:
+    """Only a regular file is opened: a FIFO, a device or a socket named like a photo would block or never end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError("file is missing") from None
+    except OSError as error:
+        raise DataError(f"cannot read it ({error.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise DataError(f"{kind}, not an image file")
+
+
 def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode fully, with EXIF orientation applied, as RGB; DataError on anything unusable."""
+    check_regular_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -436,18 +464,51 @@ def _order_key(seed: int, source: str) -> str:
     return hashlib.sha256(f"{seed}:{source}".encode()).hexdigest()
 
 
+def same_photo(hashes: dict[str, str], report: DataReport) -> dict[str, str]:
+    """Sources whose bytes equal an earlier source's (by sha256), mapped to that one, each with a warning: one photo
+    under two names must not have crops in two splits."""
+    first: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for source in sorted(hashes):
+        digest = hashes[source]
+        if not digest:
+            continue
+        if digest in first:
+            out[source] = first[digest]
+            report.warnings.append(
+                f"{source} and {first[digest]} are the same photo (sha256 {digest[:12]}...): kept in one split"
+            )
+        else:
+            first[digest] = source
+    return out
+
+
+def _share(n: int, fraction: float) -> int:
+    """How many of a stratum's ``n`` photos a split of ``fraction`` gets: at least one once the stratum has 3."""
+    return max(1, round(n * fraction)) if n >= 3 and fraction > 0 else round(n * fraction)
+
+
 def assign_splits(
-    samples: list[Sample], fractions: tuple[float, float, float], seed: int, given: dict[str, str] | None = None
+    samples: list[Sample],
+    fractions: tuple[float, float, float],
+    seed: int,
+    given: dict[str, str] | None = None,
+    same_photo: dict[str, str] | None = None,
 ) -> dict[str, tuple[str, str]]:
     """Source photo -> (split, subset), stratified by each photo's majority class, never by crop.
 
-    Test photos are further halved into `public` and `private` subsets, as in the competition.
+    Test photos are further halved into `public` and `private` subsets, as in the competition. ``same_photo`` maps a
+    source to another source with the same content: both go where that one goes.
     """
+
+    def key(source: str) -> str:
+        return (same_photo or {}).get(source, source)
+
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
         raise DataError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     labels_by_photo: dict[str, Counter[str]] = defaultdict(Counter)
     for s in samples:
-        labels_by_photo[s.source][s.label] += 1
+        labels_by_photo[key(s.source)][s.label] += 1
     strata: dict[tuple[str, str], list[str]] = defaultdict(list)
     for photo, counts in labels_by_photo.items():
         majority = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
@@ -455,6 +516,7 @@ def assign_splits(
         strata[(fixed, majority)].append(photo)
     out: dict[str, tuple[str, str]] = {}
     _, f_val, f_test = fractions
+    given_splits = set((given or {}).values())
     n_test_seen = 0  # alternates public/private across strata, so small strata do not all favour public
     for (fixed, _), photos in sorted(strata.items()):
         photos.sort(key=lambda p: _order_key(seed, p))
@@ -463,11 +525,12 @@ def assign_splits(
             n_test, n_val = n, 0
         elif fixed == "val":
             n_test, n_val = 0, n
-        elif fixed == "train":  # a given train split still yields a validation split
+        elif fixed == "train" and "test" in given_splits:  # a given train split still yields a validation split
             n_test, n_val = 0, (max(1, round(n * f_val / (1 - f_test))) if n >= 3 and f_val > 0 else 0)
+        elif fixed == "train":  # no test folder: test (and val, without a val folder) come out of train
+            n_test, n_val = _share(n, f_test), 0 if "val" in given_splits else _share(n, f_val)
         else:
-            n_test = max(1, round(n * f_test)) if n >= 3 and f_test > 0 else round(n * f_test)
-            n_val = max(1, round(n * f_val)) if n >= 3 and f_val > 0 else round(n * f_val)
+            n_test, n_val = _share(n, f_test), _share(n, f_val)
         for i, photo in enumerate(photos):
             if i < n_test:
                 out[photo] = ("test", "public" if n_test_seen % 2 == 0 else "private")
@@ -476,7 +539,7 @@ def assign_splits(
                 out[photo] = ("val", "")
             else:
                 out[photo] = ("train", "")
-    return out
+    return {s.source: out[key(s.source)] for s in samples}
 
 
 # --------------------------------------------------------------------------- manifest
@@ -617,7 +680,9 @@ def prepare_dataset(
     hashes: dict[str, str] = {}
     for p in photos:
         try:
-            hashes[p] = sha256_file(safe_path(root, p))
+            path = safe_path(root, p)
+            check_regular_file(path)
+            hashes[p] = sha256_file(path)
         except (DataError, OSError):
             hashes[p] = ""  # reported by _crop_photo below
 
@@ -649,12 +714,21 @@ def prepare_dataset(
         report.warnings.extend(notes)
         kept.extend((s, box, arr, size) for s, box, arr in crops)
 
+    if not kept:  # nothing to train on: say so, keeping the list of what was skipped and why
+        (out / "dataset.json").unlink(missing_ok=True)  # no stale cache may pass for this data
+        atomic_write_json(out / "data_report.json", asdict(report))
+        raise DataError(
+            f"{src}: no usable samples ({len(samples)} found, {len(report.skipped)} inputs skipped; "
+            f"the reasons are in {out / 'data_report.json'})"
+        )
     present = Counter(s.label for s, *_ in kept)
     for c in classes:
         if present[c] == 0 and c not in report.empty_classes:
             report.empty_classes.append(c)
             report.warnings.append(f"class {c!r} has no samples")
-    splits = assign_splits([s for s, *_ in kept], config.fractions, config.seed, given)
+    splits = assign_splits([s for s, *_ in kept], config.fractions, config.seed, given, same_photo(hashes, report))
+    if not any(split == "train" for split, _ in splits.values()):
+        raise DataError(f"{src}: no photo is left for training (splits {sorted({v[0] for v in splits.values()})})")
 
     order = sorted(range(len(kept)), key=lambda i: (kept[i][0].source, kept[i][0].ann_id or 0))
     rows: list[dict[str, str]] = []
@@ -705,6 +779,7 @@ def prepare_dataset(
     meta["counts"] = split_counts(rows, classes)
     buf = io.BytesIO()
     np.save(buf, crops, allow_pickle=False)
+    meta["crops_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
     atomic_write_bytes(out / "crops.npy", buf.getvalue())
     atomic_write_bytes(out / "manifest.csv", manifest)
     atomic_write_json(out / "data_report.json", asdict(report))
@@ -721,10 +796,7 @@ def _load_if_current(out: Path, meta: dict[str, Any]) -> PreparedData | None:
     if any(old.get(k) != v for k, v in meta.items() if k != "source_root"):
         return None
     try:
-        manifest = (out / "manifest.csv").read_bytes()
-        if hashlib.sha256(manifest).hexdigest() != old.get("manifest_sha256"):
-            return None
-        return load_prepared(out)
+        return load_prepared(out)  # checks the manifest and the crop cache against their recorded sha256
     except (OSError, ValueError, DataError):
         return None
 
@@ -739,6 +811,12 @@ def load_prepared(data_dir: str | Path) -> PreparedData:
         raise DataError(
             f"{d} holds no prepared data set ({exc.filename} missing): run notebook 00 or prepare_dataset"
         ) from None
+    for name, key in (("manifest.csv", "manifest_sha256"), ("crops.npy", "crops_sha256")):
+        if key in meta and sha256_file(d / name) != meta[key]:
+            raise DataError(
+                f"{d / name} does not match the sha256 recorded in {d / 'dataset.json'}: the cache is corrupt or "
+                f"was edited; prepare the data again (rerun notebook 00)"
+            )
     rows = read_manifest(d / "manifest.csv")
     crops = np.load(d / "crops.npy", mmap_mode="r", allow_pickle=False)
     if len(crops) != len(rows):

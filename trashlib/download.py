@@ -29,6 +29,9 @@ DEFAULT_ANNOTATIONS_URL = "https://raw.githubusercontent.com/pedropro/TACO/maste
 ANNOTATIONS_NAME = "annotations.json"
 MANIFEST_NAME = "download_manifest.csv"
 REPORT_NAME = "download_report.json"
+SOURCE_NAME = "annotations.source.json"  # where annotations.json came from: a rerun with another URL is refused
+DEFAULT_MAX_BYTES = 64 << 20  # one response body; TACO's largest photo is a few MB
+DEFAULT_DEADLINE_S = 6 * 3600.0  # the whole download; TACO's 1,500 photos take minutes on a good link
 MANIFEST_FIELDS = ("file_name", "url", "bytes", "sha256", "status")
 URL_KEYS = ("flickr_url", "flickr_640_url")  # TACO's download.py uses flickr_url; the 640 px copy is the fallback
 ALLOWED_SCHEMES = ("http", "https")
@@ -127,8 +130,15 @@ def image_problem(data: bytes) -> str | None:
     return None
 
 
-def fetch_once(opener: urllib.request.OpenerDirector, url: str, timeout: float, expect_image: bool) -> bytes:
-    """One GET: status 200, image/* type when expect_image, the whole Content-Length, decodable image."""
+def fetch_once(
+    opener: urllib.request.OpenerDirector,
+    url: str,
+    timeout: float,
+    expect_image: bool,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> bytes:
+    """One GET: status 200, image/* type when expect_image, the whole Content-Length, at most ``max_bytes``,
+    decodable image."""
     check_url(url)
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
@@ -141,8 +151,14 @@ def fetch_once(opener: urllib.request.OpenerDirector, url: str, timeout: float, 
             if expect_image and not ctype.lower().startswith("image/"):
                 raise FetchError(f"wrong content type {ctype!r}", retry=False)
             declared = resp.headers.get("Content-Length")
+            if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+                raise FetchError(f"body of {int(declared)} bytes exceeds max_bytes={max_bytes}", retry=False)
             parts: list[bytes] = []
+            received = 0
             while block := resp.read(CHUNK):
+                received += len(block)
+                if received > max_bytes:
+                    raise FetchError(f"body exceeds max_bytes={max_bytes} (stopped reading)", retry=False)
                 parts.append(block)
             body = b"".join(parts)
     except FetchError:
@@ -171,18 +187,29 @@ def fetch_once(opener: urllib.request.OpenerDirector, url: str, timeout: float, 
 
 
 def fetch(
-    opener: urllib.request.OpenerDirector, url: str, *, timeout: float, retries: int, backoff: float, expect_image: bool
+    opener: urllib.request.OpenerDirector,
+    url: str,
+    *,
+    timeout: float,
+    retries: int,
+    backoff: float,
+    expect_image: bool,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    deadline: float = math.inf,
 ) -> bytes:
-    """fetch_once with up to `retries` more tries after a retryable failure, sleeping backoff * 2**try."""
+    """fetch_once with up to `retries` more tries after a retryable failure, sleeping backoff * 2**try; no try
+    starts after ``deadline`` (``time.monotonic()`` seconds)."""
     for attempt in range(retries + 1):
+        if time.monotonic() >= deadline:
+            raise FetchError("not attempted: the download's deadline passed", retry=False)
         try:
-            return fetch_once(opener, url, timeout, expect_image)
+            return fetch_once(opener, url, timeout, expect_image, max_bytes)
         except FetchError as exc:
             if not exc.retry or attempt == retries:
                 if attempt:
                     raise FetchError(f"{exc.reason} (after {attempt + 1} tries)", retry=exc.retry) from None
                 raise
-        time.sleep(backoff * 2**attempt)
+        time.sleep(min(backoff * 2**attempt, max(0.0, deadline - time.monotonic())))
     raise AssertionError("unreachable")
 
 
@@ -198,19 +225,39 @@ def _usable_annotations(doc: Any) -> str | None:
 
 
 def get_annotations(
-    root: Path, url: str, *, timeout: float, retries: int, backoff: float, opener: urllib.request.OpenerDirector
+    root: Path,
+    url: str,
+    *,
+    timeout: float,
+    retries: int,
+    backoff: float,
+    opener: urllib.request.OpenerDirector,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tuple[dict[str, Any], bool]:
-    """TACO's annotations as a dict and whether they were fetched (False: reused root/annotations.json)."""
-    path = root / ANNOTATIONS_NAME
+    """TACO's annotations as a dict and whether they were fetched (False: reused root/annotations.json).
+
+    The URL they came from is kept beside them (`annotations.source.json`): reusing them for another URL is a
+    ``DownloadError`` (two data sets in one folder), not a silent reuse. A copy put there by hand has no source
+    and is reused."""
+    path, source = root / ANNOTATIONS_NAME, root / SOURCE_NAME
     if path.is_file():
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-            if _usable_annotations(doc) is None:
-                return doc, False
+            usable = _usable_annotations(doc) is None
         except (OSError, ValueError, RecursionError):  # ValueError: bad UTF-8 or JSON
-            pass  # unusable leftover: fetch again and replace it
+            usable = False  # unusable leftover: fetch again and replace it
+        if usable:
+            recorded = _recorded_source(source)
+            if recorded is not None and recorded != url:
+                raise DownloadError(
+                    f"{path} was downloaded from {recorded}, not {url}: use another --out for another data set "
+                    f"(or delete {path.name} and {source.name} to replace them)"
+                )
+            return doc, False
     try:
-        body = fetch(opener, url, timeout=timeout, retries=retries, backoff=backoff, expect_image=False)
+        body = fetch(
+            opener, url, timeout=timeout, retries=retries, backoff=backoff, expect_image=False, max_bytes=max_bytes
+        )
     except FetchError as exc:
         hint = f" (to use a local file, copy it to {path})" if not exc.retry and "only http" in exc.reason else ""
         raise DownloadError(f"annotations {url}: {exc.reason}{hint}") from None
@@ -221,8 +268,23 @@ def get_annotations(
     problem = _usable_annotations(doc)
     if problem:
         raise DownloadError(f"annotations {url}: not COCO annotations ({problem})")
+    atomic_write_json(source, {"url": url, "sha256": hashlib.sha256(body).hexdigest()})
     atomic_write_bytes(path, body)
     return doc, True
+
+
+def _recorded_source(path: Path) -> str | None:
+    """The URL `annotations.source.json` names, or None (no such file: a copy put there by hand)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DownloadError(f"{path}: unreadable ({exc}); delete it to download the annotations again") from None
+    url = doc.get("url") if isinstance(doc, dict) else None
+    if not isinstance(url, str):
+        raise DownloadError(f"{path}: names no 'url'; delete it to download the annotations again")
+    return url
 
 
 # --------------------------------------------------------------------------- images
@@ -264,6 +326,8 @@ def download_image(
     retries: int,
     backoff: float,
     opener: urllib.request.OpenerDirector,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    deadline: float = math.inf,
 ) -> dict[str, str]:
     """One image record -> a manifest row (plus a `reason` when it failed)."""
     if not isinstance(record, dict):
@@ -288,10 +352,21 @@ def download_image(
             data = b""
         if data and image_problem(data) is None:
             return _row(name, url, data, "present")
+    if time.monotonic() >= deadline:
+        return _failed(name, url, "not attempted: the download's deadline passed")
     reasons: list[str] = []
     for u in urls:
         try:
-            data = fetch(opener, u, timeout=timeout, retries=retries, backoff=backoff, expect_image=True)
+            data = fetch(
+                opener,
+                u,
+                timeout=timeout,
+                retries=retries,
+                backoff=backoff,
+                expect_image=True,
+                max_bytes=max_bytes,
+                deadline=deadline,
+            )
         except FetchError as exc:
             reasons.append(exc.reason if len(urls) == 1 else f"{u}: {exc.reason}")
             continue
@@ -336,13 +411,17 @@ def download_taco(
     retries: int = 3,
     backoff: float = 1.0,
     timeout: float = 30.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    deadline_s: float = DEFAULT_DEADLINE_S,
     progress: bool = False,
 ) -> DownloadSummary:
     """Fetch TACO's annotations and images into out_dir; resumable, every file written atomically.
 
     Images already present and decodable are not fetched again; failures are listed, never half-written.
     `timeout` bounds each connect and each read; a retryable failure is tried `retries` more times,
-    waiting backoff, 2*backoff, 4*backoff, ... seconds.
+    waiting backoff, 2*backoff, 4*backoff, ... seconds. A body larger than `max_bytes` is refused; after
+    `deadline_s` seconds no request starts (in-flight ones end within `timeout`) and the images not attempted are
+    listed as failed, to be fetched by the next run.
     """
     if not isinstance(workers, int) or workers < 1:
         raise DownloadError(f"workers must be a positive integer, got {workers!r}")
@@ -352,15 +431,22 @@ def download_taco(
         raise DownloadError(f"timeout must be positive seconds, got {timeout!r}")
     if not (isinstance(backoff, (int, float)) and 0 <= backoff < math.inf):
         raise DownloadError(f"backoff must be non-negative seconds, got {backoff!r}")
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise DownloadError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+    if not (isinstance(deadline_s, (int, float)) and 0 < deadline_s <= math.inf):
+        raise DownloadError(f"deadline must be positive seconds, got {deadline_s!r}")
+    deadline = time.monotonic() + deadline_s
     root = Path(out_dir).absolute()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(f"output folder {root}: {exc}") from None
     opener = make_opener()
-    doc, _ = get_annotations(root, annotations_url, timeout=timeout, retries=retries, backoff=backoff, opener=opener)
+    doc, _ = get_annotations(
+        root, annotations_url, timeout=timeout, retries=retries, backoff=backoff, opener=opener, max_bytes=max_bytes
+    )
     records: list[Any] = doc["images"]
-    reserved = {(root / n).resolve() for n in (ANNOTATIONS_NAME, MANIFEST_NAME, REPORT_NAME)}
+    reserved = {(root / n).resolve() for n in (ANNOTATIONS_NAME, MANIFEST_NAME, REPORT_NAME, SOURCE_NAME)}
 
     expected = set(reserved)
     for rec in records:
@@ -369,15 +455,21 @@ def download_taco(
     remove_stale_temps(root.resolve(), expected)
 
     rows: list[dict[str, str] | None] = [None] * len(records)
-    seen: dict[str, int] = {}
+    seen: dict[Path | str, int] = {}
     jobs: list[int] = []
     for i, rec in enumerate(records):
         fn = rec.get("file_name") if isinstance(rec, dict) else None
-        if isinstance(fn, str) and fn in seen:
-            rows[i] = _failed(fn, (image_urls(rec) or [""])[0], f"duplicate file_name (also images[{seen[fn]}])")
+        try:  # dup.jpg and ./dup.jpg are one file: compare where they lead, not how they are spelled
+            where: Path | str | None = safe_path(root, fn) if isinstance(fn, str) else None
+        except DataError:
+            where = fn  # refused by download_image, with the reason
+        if isinstance(fn, str) and where in seen:
+            rows[i] = _failed(
+                fn, (image_urls(rec) or [""])[0], f"duplicate file_name: the same file as images[{seen[where]}]"
+            )
             continue
-        if isinstance(fn, str):
-            seen[fn] = i
+        if where is not None:
+            seen[where] = i
         jobs.append(i)
 
     from tqdm import tqdm
@@ -395,6 +487,8 @@ def download_taco(
                 retries=retries,
                 backoff=backoff,
                 opener=opener,
+                max_bytes=max_bytes,
+                deadline=deadline,
             ): i
             for i in jobs
         }
@@ -421,6 +515,7 @@ def download_taco(
         root / REPORT_NAME,
         {
             "annotations_url": annotations_url,
+            "annotations_source": _recorded_source(root / SOURCE_NAME) or "annotations.json put there by hand",
             "total": summary.total,
             "downloaded": summary.downloaded,
             "present": summary.present,

@@ -27,12 +27,14 @@ from trashlib.data import (
     PAD_FILL,
     DataError,
     PrepareConfig,
+    check_regular_file,
     coco_image_root,
     crop_box,
     safe_path,
     to_rgb,
 )
 from trashlib.files import atomic_write_json, atomic_write_text
+from trashlib.score import classification_scores
 
 PREPROCESSING_VERSION = 1
 DRAFT_SCALES = (8, 4, 2, 1)  # libjpeg's DCT scaling: decode at 1/8, 1/4, 1/2 or full size
@@ -730,6 +732,10 @@ def _open(
     try:
         if path.is_dir():
             raise PredictError("is a directory, not an image file")
+        try:
+            check_regular_file(path)  # a FIFO named like a photo would block the read forever
+        except DataError as error:
+            raise PredictError(str(error)) from None
         data = path.read_bytes()
         if not data:
             raise PredictError("empty file (0 bytes)")
@@ -1234,7 +1240,8 @@ def evaluate_model(
     pred = probs.argmax(1)
     scored = [names.index(c) for c in prepared.classes if c in names]
     scored += [k for k in sorted(set(pred.tolist())) if k not in scored]
-    metrics = scores(y, pred, [names[k] for k in scored], scored)
+    scored_names = [names[k] for k in scored]
+    metrics = {**classification_scores(y, pred, scored_names, scored), "labels": scored_names}
     result = {
         "model": str(model.path),
         "model_name": model.card.get("model"),
@@ -1262,31 +1269,6 @@ def evaluate_model(
     atomic_write_text(out / "predictions.csv", rows.getvalue())
     atomic_write_text(out / "evaluation.html", evaluation_html(result))
     return result
-
-
-def scores(y: np.ndarray, pred: np.ndarray, class_names: Sequence[str], labels: Sequence[int]) -> dict[str, Any]:
-    """Macro-F1, accuracy, per-class report and confusion matrix over ``labels`` (model indices, named
-    ``class_names``), as the workbook's ``train.classification_metrics`` computes them (zero_division=0)."""
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
-
-    labels = list(labels)
-    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    return {
-        "n": len(y),
-        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-        "accuracy": float((pred == y).mean()),
-        "labels": list(class_names),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(class_names)
-        },
-        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
-    }
 
 
 def confusion_png(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> bytes:

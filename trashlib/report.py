@@ -21,6 +21,8 @@ from trashlib.tune import pareto_trials, pick_score, trial_objectives
 
 def manifest_frame(data: PreparedData) -> pd.DataFrame:
     """The manifest as a DataFrame with numeric columns and bbox size and aspect ratio."""
+    if not data.rows:
+        raise ValueError(f"{data.data_dir}: the prepared data set has no samples")
     df = pd.DataFrame(data.rows)
     for c in ("src_width", "src_height", "crop_x0", "crop_y0", "crop_x1", "crop_y1"):
         df[c] = pd.to_numeric(df[c])

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import platform
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +27,17 @@ MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 LEADERBOARD_FILE = "leaderboard.csv"
 PARAMS_FILE = "params.yaml"
+LOCK_FILE = ".lock"
+# What each numbered notebook owns in the run directory (besides its headlines/NN_*.json): the runner records the
+# sha256 of every file there, so a file edited or corrupted later makes that notebook stale.
+NOTEBOOK_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "00": ("data", "synthetic"),
+    "01": ("baseline",),
+    "02": ("search",),
+    "03": ("compress",),
+    "04": ("deploy",),
+    "05": (LEADERBOARD_FILE, "winner"),
+}
 
 
 class RunError(ValueError):
@@ -123,6 +139,30 @@ def read_leaderboard(path: Path) -> pd.DataFrame:
     return board
 
 
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[Path]:
+    """Hold the run directory's lock for the block: `.lock` names the holder (pid and host). A second runner on the
+    same directory gets a ``RunError`` at once; a lock left by a process that died is free again (the kernel drops
+    it with the process) and is taken over."""
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = path.read_text(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunError(f"run directory {run_dir} is in use by {holder}; wait for it or choose another --name") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield path
+    finally:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def open_run(run_dir: str | Path) -> Run:
     """The run directory at ``run_dir`` (created when missing)."""
     d = Path(run_dir).resolve()
@@ -159,7 +199,10 @@ def resolve_data(data: str, run_dir: Path, *, synthetic_images: int = 200, seed:
     p = Path(data).expanduser()
     if not p.exists():
         raise RunError(f"data={data!r}: no such file or folder (give a COCO folder, an ImageFolder or '{SYNTHETIC}')")
-    return p.resolve()
+    resolved = p.resolve()
+    if resolved == Path(resolved.anchor) or resolved == Path.home():
+        raise RunError(f"data={data!r} is {resolved}, not a data set: give the folder that holds the photos")
+    return resolved
 
 
 @dataclass

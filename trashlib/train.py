@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 from torch import nn
 from torchvision.transforms import v2
 from tqdm import tqdm
@@ -32,6 +31,7 @@ from trashlib.models import (
     safe_torch_load,
     weights_sha256,
 )
+from trashlib.score import classification_scores
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle")
@@ -253,31 +253,12 @@ def evaluate(
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    """Scores of logits against integer labels (scikit-learn, zero_division=0)."""
-    indices = list(range(len(class_names)))
+    """``score.classification_scores`` of the logits' argmax, with the cross-entropy loss and the predictions."""
     predictions = logits.argmax(axis=1)
     labels = np.asarray(labels, dtype=np.int64)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predictions, labels=indices, zero_division=0
-    )
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
-    return {
-        "macro_f1": float(f1_score(labels, predictions, labels=indices, average="macro", zero_division=0)),
-        "accuracy": float((predictions == labels).mean()),
-        "loss": float(loss),
-        "n": len(labels),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(class_names)
-        },
-        "confusion_matrix": confusion_matrix(labels, predictions, labels=indices).tolist(),
-        "predictions": predictions.astype(int).tolist(),
-    }
+    scores = classification_scores(labels, predictions, class_names)
+    return {**scores, "loss": float(loss), "predictions": predictions.astype(int).tolist()}
 
 
 def build_augmentation(strength: float, policy: str = "randaugment") -> v2.Transform | None:

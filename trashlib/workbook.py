@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -17,9 +18,20 @@ import yaml
 
 from trashlib.files import atomic_write_bytes, atomic_write_text, sha256_file
 from trashlib.pages import render_html, write_index
-from trashlib.run import PROJECT_ROOT, SYNTHETIC, NotebookResult, RunError, RunSummary, resolve_data
+from trashlib.run import (
+    LOCK_FILE,
+    NOTEBOOK_OUTPUTS,
+    PROJECT_ROOT,
+    SYNTHETIC,
+    NotebookResult,
+    RunError,
+    RunSummary,
+    resolve_data,
+    run_lock,
+)
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+MAX_NAME = 100  # a run name becomes two folder names; file systems refuse names past 255 bytes
 PROFILE_DIR = NOTEBOOK_DIR / "params"
 
 
@@ -124,7 +136,7 @@ PARAMETER_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
         ),
         _POSITIVE,
     ),
-    **dict.fromkeys(("augment", "distill_alpha"), _FRACTION),
+    **dict.fromkeys(("augment", "distill_alpha", "max_f1_drop"), _FRACTION),
     **dict.fromkeys(("prune_ratios", "split_fractions"), _OPEN_FRACTION),
     "cache_side": (32, None, False, False),
     "energy": (0, 1, True, False),
@@ -135,6 +147,9 @@ _SIZES = ("image_size", "teacher_image_size", "image_sizes")
 
 def _check_range(key: str, value: Any, where: str) -> None:
     items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:  # NaN compares false with every bound: refuse it (and inf) before any range check
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ParameterError(f"parameter {key}={value!r} ({where}): {item!r} is not a finite number")
     if key in PARAMETER_RANGES:
         low, high, low_open, high_open = PARAMETER_RANGES[key]
         for item in items:
@@ -231,11 +246,15 @@ def data_fingerprint(data: str) -> str:
     (sha256 over the list), so an edited, added or removed source photo makes the run stale."""
     if data == SYNTHETIC:
         return SYNTHETIC
-    root = Path(data)
+    given = Path(data)
+    root = given.parent if given.is_file() else given  # annotations.json: its folder holds the photos too
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        st = path.stat()
-        h.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    try:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            st = path.stat()
+            h.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    except OSError as error:
+        raise ParameterError(f"data={data!r}: cannot read {error.filename or root}: {error.strerror}") from None
     return h.hexdigest()
 
 
@@ -244,17 +263,20 @@ def _file_times(run_dir: Path) -> dict[str, int]:
     times = {}
     for path in run_dir.rglob("*"):
         rel = path.relative_to(run_dir).as_posix()
-        if path.is_file() and not rel.startswith("notebooks/") and rel != "params.yaml":
+        if path.is_file() and not rel.startswith("notebooks/") and rel not in ("params.yaml", LOCK_FILE):
             times[rel] = path.stat().st_mtime_ns
     return times
 
 
-def _outputs_since(run_dir: Path, before: dict[str, int]) -> dict[str, str]:
-    """sha256 of every file a notebook wrote: new since ``before`` (``_file_times``) or with a newer mtime."""
+def _outputs_since(run_dir: Path, before: dict[str, int], stem: str) -> dict[str, str]:
+    """sha256 of every output of notebook ``stem``: every file under the paths it owns (``run.NOTEBOOK_OUTPUTS``,
+    also those it found current and left alone, such as a reused crop cache) and every file it wrote, new since
+    ``before`` (``_file_times``) or with a newer mtime."""
+    owned = (*NOTEBOOK_OUTPUTS.get(stem[:2], ()), f"headlines/{stem}.json")
     return {
         rel: sha256_file(run_dir / rel)
         for rel, mtime in sorted(_file_times(run_dir).items())
-        if before.get(rel) != mtime
+        if before.get(rel) != mtime or any(rel == p or rel.startswith(f"{p}/") for p in owned)
     }
 
 
@@ -278,13 +300,17 @@ def _up_to_date(stamp_file: Path, stamp: str, run_dir: Path) -> tuple[bool, str]
 PUBLISHED: tuple[str, ...] = ("leaderboard.csv", "winner/model.onnx", "winner/model_card.json")
 
 
-def publish_artifacts(run_dir: Path, report_dir: Path) -> list[Path]:
-    """Copy the leaderboard and the winning deployable model from the run directory into the report folder."""
+def publish_artifacts(run_dir: Path, report_dir: Path, *, current: bool = True) -> list[Path]:
+    """Copy the leaderboard and the winning deployable model from the run directory into the report folder, when
+    they are ``current`` (the leaderboard notebook ran or was up to date in this run); otherwise, and for a file
+    the run no longer has, remove what an earlier run published, so no stale winner is shown."""
     copied = []
     for name in PUBLISHED:
-        source = run_dir / name
-        if source.is_file():
-            copied.append(atomic_write_bytes(report_dir / name, source.read_bytes()))
+        source, target = run_dir / name, report_dir / name
+        if current and source.is_file():
+            copied.append(atomic_write_bytes(target, source.read_bytes()))
+        else:
+            target.unlink(missing_ok=True)
     return copied
 
 
@@ -308,6 +334,8 @@ def run_workbook(
     """
     if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
         raise ParameterError(f"run name {name!r}: use letters, digits, '-', '_' and '.' only")
+    if len(name) > MAX_NAME:
+        raise ParameterError(f"run name {name[:20]}... is {len(name)} characters long; use at most {MAX_NAME}")
     notebooks = list_notebooks(notebook_dir)
     if only:
         wanted = set(only)
@@ -319,8 +347,33 @@ def run_workbook(
     runs_root = Path(runs_root or PROJECT_ROOT / "runs").resolve()
     reports_root = Path(reports_root or PROJECT_ROOT / "reports").resolve()
     run_dir, report_dir = runs_root / name, reports_root / name
-    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    report_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+        report_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(run_dir):
+            return _run_locked(
+                profile, data_arg, name, per_nb, notebooks,
+                overrides=overrides, only=only, force=force, run_dir=run_dir, report_dir=report_dir, log=log,
+            )  # fmt: skip
+    except OSError as error:  # a read-only or full disk, a file where a folder should be: one line, no traceback
+        raise ParameterError(f"cannot write to {error.filename or run_dir}: {error.strerror or error}") from None
+
+
+def _run_locked(
+    profile: str,
+    data_arg: str,
+    name: str,
+    per_nb: dict[str, dict[str, Any]],
+    notebooks: list[Path],
+    *,
+    overrides: dict[str, Any] | None,
+    only: list[str] | None,
+    force: bool,
+    run_dir: Path,
+    report_dir: Path,
+    log: Callable[[str], Any],
+) -> RunSummary:
+    """The runner's loop over the notebooks, holding the run directory's lock."""
     atomic_write_text(
         run_dir / "params.yaml",
         yaml.safe_dump(
@@ -371,14 +424,24 @@ def run_workbook(
             log(f"[{i}/{len(notebooks)}] {nb.stem}: FAILED after {seconds:.1f} s: {msg[:300]}")
             break
         seconds = time.perf_counter() - t0
-        record = json.dumps({"stamp": stamp, "outputs": _outputs_since(run_dir, before)}, sort_keys=True)
+        record = json.dumps({"stamp": stamp, "outputs": _outputs_since(run_dir, before, nb.stem)}, sort_keys=True)
         atomic_write_text(stamp_file, record)
         previous = record  # later notebooks are stale when this one's outputs change
         render_html(out_nb, html)
         summary.results.append(NotebookResult(nb.stem, "ran", seconds, html.name))
         log(f"[{i}/{len(notebooks)}] {nb.stem}: done in {seconds:.1f} s -> {html}")
-    for artifact in publish_artifacts(run_dir, report_dir):
+    leaderboard_done = bool(notebooks) and any(
+        r.notebook == notebooks[-1].stem and r.status != "failed" for r in summary.results
+    )
+    for artifact in publish_artifacts(run_dir, report_dir, current=summary.ok and leaderboard_done):
         log(f"published {artifact}")
+    if not (summary.ok and leaderboard_done):
+        log("nothing published: the leaderboard notebook did not complete in this run")
+    shipped = run_dir / "headlines" / f"{notebooks[-1].stem}.json" if notebooks else None
+    if leaderboard_done and shipped is not None and shipped.is_file():
+        headline = json.loads(shipped.read_text())
+        if "winner" in headline and headline["winner"] is None:
+            log(f"NO WINNER: {headline.get('why_no_winner', 'no candidate qualifies')}; nothing was shipped")
     write_index(report_dir, summary, run_dir)
     log(f"report: {report_dir / 'index.html'}")
     return summary

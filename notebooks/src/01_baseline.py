@@ -105,6 +105,8 @@ print(
 # ## Test-split quality and cost
 # Latency at batch 1 and throughput at batch 32 at the model's own input size with fixed threads; the submit time
 # decodes every test crop from its source photo on disk, preprocesses it and predicts, as the competition did.
+# Macro-F1 averages over the classes present in the split (its labels or the predictions, as scikit-learn and the
+# competition compute it); `f1_test_all_classes` counts an absent class as 0 too.
 
 # %%
 baseline = assess_candidate("baseline", result.model, spec, dataset, threads=threads, latency_runs=latency_runs)

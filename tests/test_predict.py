@@ -188,11 +188,28 @@ def test_a_lone_onnx_file_predicts_as_its_folder_and_runtimes_are_checked(shippe
     by_folder = P.predict(P.load_model(shipped), items, threads=1)
     by_file = P.predict(P.load_model(shipped / "model.onnx"), items, threads=1)
     assert [r.probabilities for r in by_folder.rows] == [r.probabilities for r in by_file.rows]
-    with pytest.raises(P.PredictError, match="unknown runtime 'tensorrt' \\(known: onnxruntime\\)"):
+    with pytest.raises(P.PredictError, match="unknown runtime 'tensorrt' \\(known: onnxruntime, openvino\\)"):
         P.load_model(shipped, runtime="tensorrt")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(P.PredictError, match="runtime 'onnxruntime' is not installed: pip install onnxruntime"):
         P.load_model(shipped)
+
+
+def test_openvino_runs_the_shipped_file_like_onnxruntime_and_names_its_kernels(shipped, tmp_path):
+    photos = [photo(tmp_path / f"{i}.jpg", colour=c) for i, c in enumerate([(200, 30, 30), (30, 160, 30)])]
+    items = P.collect_inputs(photos)
+    ort_model, ov_model = P.load_model(shipped), P.load_model(shipped, runtime="openvino")
+    assert (ort_model.runtime, ov_model.runtime) == ("onnxruntime", "openvino")
+    a, b = (P.predict(m, items, threads=1).rows for m in (ort_model, ov_model))
+    assert np.allclose([r.probabilities for r in a], [r.probabilities for r in b], atol=1e-5)
+    assert any("_f32" in k for k in ov_model.run.kernels())
+    assert any("Conv" in k for k in ort_model.run.kernels())
+    card = json.loads((shipped / "model_card.json").read_text())
+    other = tmp_path / "ov"
+    other.mkdir()
+    (other / "model.onnx").write_bytes((shipped / "model.onnx").read_bytes())
+    (other / "model_card.json").write_text(json.dumps({**card, "runner": "openvino"}))
+    assert P.load_model(other).runtime == "openvino"  # the card's runner is the default
 
 
 # --------------------------------------------------------------------------- decoding
@@ -233,7 +250,7 @@ def test_draft_decoding_is_close_to_full_decoding(tmp_path, fit, orientation):
     boxes = ((300.0, 200.0, 240.0, 120.0), (10.0, 20.0, 290.0, 260.0), None)  # COCO x, y, w, h
     item = P.Item(path, "big.jpg", tuple(P.Target(box=b) for b in boxes))
     full = P.decode_item(item, pre, draft=False)
-    draft = P.decode_item(item, pre, draft=True)
+    draft = P.decode_item(item, pre, draft=True, draft_gap=1.0)
     # the first crop (288 x 144 with its margin) decides: pad needs 288 / k >= 64, stretch 144 / k >= 64
     assert full.scale == 1 and draft.scale == (4 if fit == "pad" else 2)
     image = open_image(path)
@@ -242,6 +259,8 @@ def test_draft_decoding_is_close_to_full_decoding(tmp_path, fit, orientation):
         assert np.array_equal(exact, square_resize(image.crop(crop_box(box, image.size, 0.1)), 64, fit))
         diff = np.abs(exact.astype(int) - approx.astype(int))
         assert diff.mean() < 3.0 and np.percentile(diff, 99) < 40
+    # the default gap keeps each crop at twice cache_side: one DCT step less
+    assert P.decode_item(item, pre).scale == (2 if fit == "pad" else 1)
 
 
 def test_simplejpeg_and_pillow_decode_to_the_same_crops(tmp_path, monkeypatch):
@@ -260,9 +279,9 @@ def test_simplejpeg_and_pillow_decode_to_the_same_crops(tmp_path, monkeypatch):
     pre = P.Preprocessing.from_card(model_card(SPEC, prepare={**CONFIG.__dict__, "cache_side": 64}))
     items = [P.Item(p, p.name, (P.Target(box=(300.0, 200.0, 240.0, 120.0)), P.Target())) for p in photos]
     for draft in (False, True):
-        turbo = [P.decode_item(it, pre, draft=draft) for it in items]
+        turbo = [P.decode_item(it, pre, draft=draft, draft_gap=1.0) for it in items]
         monkeypatch.setattr(P, "_simplejpeg", lambda: None)
-        pillow = [P.decode_item(it, pre, draft=draft) for it in items]
+        pillow = [P.decode_item(it, pre, draft=draft, draft_gap=1.0) for it in items]
         monkeypatch.undo()
         for a, b in zip(turbo, pillow, strict=False):
             assert a.scale == b.scale == (4 if draft else 1)
@@ -628,7 +647,7 @@ def test_deployed_models_carry_the_preprocessing_and_evaluate_agrees_with_their_
     records = quantize.deploy_candidate(
         run, "baseline", model, spec, source, data, params={}, threads=1, latency_runs=2, calibration_images=16
     ).records
-    assert [r["runtime"] for r in records] == ["pt2e-int8", "onnx-fp32", "onnx-int8"]
+    assert [r["runtime"] for r in records] == ["pt2e-int8", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
     for record in records[1:]:
         folder = run.run_dir / "deploy" / record["candidate"]
         shipped = P.load_model(folder)
@@ -708,3 +727,10 @@ def test_evaluate_of_an_empty_split_is_an_error(shipped, tmp_path):
     root = imagefolder(tmp_path / "folder", ["Metal"], per_class=2)
     with pytest.raises(P.PredictError, match="the test split holds no samples"):
         P.evaluate_model(P.load_model(shipped), root, tmp_path / "ev")
+
+
+def test_the_command_line_decodes_like_the_library_by_default():
+    from trashlib.cli import build_parser
+
+    args = build_parser().parse_args(["predict", "model", "photo.jpg", "--out", "x.csv"])
+    assert args.draft and args.draft_gap == P.DRAFT_GAP == 2.0 and args.runtime is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from trashlib.candidate import (
 )
 from trashlib.data import PrepareConfig, prepare_dataset
 from trashlib.models import ModelSpec, build_model
+from trashlib.predict import DEPLOY_RUNNERS, load_model
 from trashlib.quantize import (
     ChunkedGraph,
     OrtModel,
@@ -39,6 +41,7 @@ from trashlib.quantize import (
     read_model_card,
 )
 from trashlib.run import open_run
+from trashlib.score import competition_score
 from trashlib.train import TrainConfig
 
 SIZE = 32
@@ -180,7 +183,7 @@ def tiny(coco_factory, tmp_path):
     return prepare_dataset(root, tmp_path / "data", PrepareConfig(cache_side=32), progress=False)
 
 
-def test_deploy_writes_three_runtimes_and_flags_a_failure_as_fp32(tiny, tmp_path, monkeypatch):
+def test_deploy_writes_every_runtime_times_the_shipped_path_and_flags_a_failure_as_fp32(tiny, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = build_model("mnasnet0_5", len(tiny.classes), 32).eval()
     spec = ModelSpec.create("mnasnet0_5", tiny.classes, 32)
@@ -190,12 +193,23 @@ def test_deploy_writes_three_runtimes_and_flags_a_failure_as_fp32(tiny, tmp_path
     records = deploy_candidate(
         run, "baseline", model, spec, source, tiny, params={}, threads=1, latency_runs=3, calibration_images=16
     ).records
-    assert [r["runtime"] for r in records] == ["pt2e-int8", "onnx-fp32", "onnx-int8"]
+    assert [r["runtime"] for r in records] == ["pt2e-int8", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
     assert all(r["flagged"] is None and r["macs"] == source["macs"] for r in records)
     assert records[1]["max_abs_diff"] < 1e-3 and records[1]["f1_test"] == pytest.approx(source["f1_test"])
-    for name in ("baseline-onnx-fp32", "baseline-onnx-int8"):
+    assert records[3]["max_abs_diff"] < 1e-3 and records[3]["f1_test"] == pytest.approx(source["f1_test"])
+    for r in records[1:]:  # the shipped files' submit time runs through predict, in the card's runtime
+        assert r["submit_pipeline"].startswith(f"predict ({DEPLOY_RUNNERS[r['runtime']]}")
+        assert r["submit_n"] == source["submit_n"] and r["submit_loop_s"] > 0 and r["submit_s"] > 0
+        assert r["score_published"] == pytest.approx(competition_score(r["f1_test"], r["submit_s"]))
+    for name in ("baseline-onnx-fp32", "baseline-onnx-int8", "baseline-openvino-fp32", "baseline-openvino-int8"):
         folder = run.run_dir / "deploy" / name
         assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "model.onnx", "model_card.json"]
+        card = json.loads((folder / "model_card.json").read_text())
+        assert card["runner"] == DEPLOY_RUNNERS[name.removeprefix("baseline-")]
+        assert load_model(folder).runtime == card["runner"]
+    assert (run.run_dir / "deploy/baseline-openvino-int8/model.onnx").read_bytes() == (
+        run.run_dir / "deploy/baseline-onnx-int8/model.onnx"
+    ).read_bytes()
 
     def no_export(*args, **kwargs):
         raise QuantizeError("cannot be exported to ONNX: test")
@@ -204,7 +218,7 @@ def test_deploy_writes_three_runtimes_and_flags_a_failure_as_fp32(tiny, tmp_path
     flagged = deploy_candidate(
         run, "other", model, spec, source, tiny, params={}, threads=1, latency_runs=3, calibration_images=16
     ).records
-    assert [r["flagged"] is not None for r in flagged] == [False, True, True]
+    assert [r["flagged"] is not None for r in flagged] == [False, True, True, True, True]
     assert flagged[1]["f1_test"] == source["f1_test"] and "fp32 kept" in flagged[1]["flagged"]
 
     board = leaderboard(list_candidates(run))

@@ -38,10 +38,23 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "torchvision": _version("torchvision"),
         "onnxruntime": _version("onnxruntime"),
+        "openvino": _version("openvino"),
+        "cpu_int8_flags": cpu_int8_flags(),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def cpu_int8_flags() -> list[str]:
+    """The CPU's int8 and bf16 matrix features from /proc/cpuinfo (avx512_vnni, avx_vnni, amx_int8, amx_bf16,
+    avx512_bf16): what decides which kernels onnxruntime's MLAS and oneDNN pick; empty where unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted({f for f in flags if f in ("avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "avx512_bf16")})
 
 
 def measure_latency(

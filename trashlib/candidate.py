@@ -17,6 +17,7 @@ from trashlib.compress import max_output_difference
 from trashlib.data import PreparedData
 from trashlib.files import atomic_write_bytes, read_json
 from trashlib.models import ModelError, ModelSpec, build_model, load_model, save_model, weights_sha256
+from trashlib.predict import DEPLOY_RUNNERS
 from trashlib.run import Run
 from trashlib.score import classification_scores, score_candidate
 from trashlib.train import TrainConfig, evaluate, seed_everything, train_model
@@ -42,6 +43,9 @@ class CandidateRecord(TypedDict, total=False):
     throughput_b32_ips: float
     submit_s: float
     submit_n: int
+    submit_loop_s: float
+    submit_pipeline: str
+    submit_f1_change: float
     macs: int
     params: int
     size_bytes: int | None
@@ -303,7 +307,7 @@ def leaderboard(records: Sequence[CandidateRecord], rank_by: str = "score_publis
         if column not in board:
             board[column] = None
     board["runtime"] = board["runtime"].fillna("eager-fp32")
-    board["deployable"] = board["runtime"].str.startswith("onnx") & board["flagged"].isna()
+    board["deployable"] = board["runtime"].isin(DEPLOY_RUNNERS) & board["flagged"].isna()
     return board.sort_values([rank_by, "latency_b1_ms"]).set_index("candidate")
 
 

@@ -10,8 +10,9 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,9 @@ from trashlib.score import classification_scores
 
 PREPROCESSING_VERSION = 1
 DRAFT_SCALES = (8, 4, 2, 1)  # libjpeg's DCT scaling: decode at 1/8, 1/4, 1/2 or full size
+# reduce a JPEG only while each crop keeps twice cache_side: no prediction changed on TrashNet or taco-sample,
+# where a gap of 1 changed 0.5-4.5% of them and macro-F1 by up to 0.007 (benchmarks/bench_predict.py)
+DRAFT_GAP = 2.0
 DIGEST_KEY = "model_digest"
 METADATA_FIELD = 14  # ModelProto.metadata_props in onnx.proto
 DIGEST_COVERS = (
@@ -340,14 +344,79 @@ class OnnxRuntimeRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # decode threads share the cores
         self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.data = data
         self.input_name = input_name or self.session.get_inputs()[0].name
         self.output_name = output_name or self.session.get_outputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: x})[0]
 
+    def kernels(self) -> dict[str, int]:
+        """Node types of the graph onnxruntime runs after its optimisations (QLinearConv, FusedConv...), counted.
+        onnxruntime does not name the instruction set: MLAS picks VNNI or AMX kernels from the CPU flags."""
+        import onnx
+        import onnxruntime as ort
 
-RUNTIMES: dict[str, tuple[str, type]] = {"onnxruntime": ("onnxruntime", OnnxRuntimeRunner)}
+        with tempfile.TemporaryDirectory() as tmp:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3  # the "hardware specific optimizations" notice: this file is only read here
+            options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            ort.InferenceSession(self.data, options, providers=["CPUExecutionProvider"])
+            graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+        return dict(Counter(f"{node.domain}.{node.op_type}".lstrip(".") for node in graph.node).most_common())
+
+
+class OpenVinoRunner:
+    """OpenVINO's CPU plugin on the same ONNX file: float32 NCHW in, logits out. fp32 graphs run in fp32 (the
+    plugin would pick bf16 on CPUs that have it); QDQ int8 graphs run on its int8 kernels."""
+
+    name = "openvino"
+
+    def __init__(self, data: bytes, *, threads: int, input_name: str | None, output_name: str | None) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(data)
+        self.compiled = core.compile_model(
+            model,
+            "CPU",
+            {
+                "INFERENCE_NUM_THREADS": threads,
+                "NUM_STREAMS": 1,
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": "f32",
+            },
+        )
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(output_name) if output_name else self.compiled.output(0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.array(self.request.infer([np.ascontiguousarray(x, dtype=np.float32)])[self.output])
+
+    def kernels(self) -> dict[str, int]:
+        """The CPU primitives OpenVINO chose for the convolutions and matrix products (e.g. brgconv_avx512_amx_I8,
+        jit_avx512_vnni_I8), counted, as its runtime graph reports them."""
+        found: Counter[str] = Counter()
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            layer = info["layerType"].astype(str)
+            if layer in ("Convolution", "FullyConnected", "MatMul", "GroupConvolution", "Deconvolution"):
+                found[f"{layer} {info['primitiveType'].astype(str)}"] += 1
+        return dict(found.most_common())
+
+
+RUNTIMES: dict[str, tuple[str, type]] = {
+    "onnxruntime": ("onnxruntime", OnnxRuntimeRunner),
+    "openvino": ("openvino", OpenVinoRunner),
+}
+# the workbook's deploy runtimes that ship an ONNX file (notebook 04), and the runner that runs each
+DEPLOY_RUNNERS: dict[str, str] = {
+    "onnx-fp32": "onnxruntime",
+    "onnx-int8": "onnxruntime",
+    "openvino-fp32": "openvino",
+    "openvino-int8": "openvino",
+}
 
 
 def open_runtime(
@@ -394,9 +463,10 @@ class ShippedModel:
         return softmax(self.run(model_input(crops, self.preprocessing)))
 
 
-def load_model(path: str | Path, *, runtime: str = "onnxruntime", threads: int = 1) -> ShippedModel:
+def load_model(path: str | Path, *, runtime: str | None = None, threads: int = 1) -> ShippedModel:
     """A winner or deploy folder (model.onnx + model_card.json) or a lone .onnx with its card in the metadata.
-    The file's sha256 (folder) or the embedded digest (lone file) is checked: a changed file is a PredictError."""
+    The file's sha256 (folder) or the embedded digest (lone file) is checked: a changed file is a PredictError.
+    ``runtime`` defaults to the card's ``runner`` (the runtime the workbook timed and shipped), else onnxruntime."""
     given = Path(path)
     if given.is_dir():
         onnx_path, card_path = given / "model.onnx", given / "model_card.json"
@@ -429,6 +499,7 @@ def load_model(path: str | Path, *, runtime: str = "onnxruntime", threads: int =
     if list(card.get("class_names", pre.class_names)) != list(pre.class_names):
         raise PredictError(f"{onnx_path}: the card's class_names and its preprocessing class_names differ")
     io_names = card.get("input", {}), card.get("output", {})
+    runtime = runtime or str(card.get("runner", "onnxruntime"))
     runner = open_runtime(
         runtime,
         data,
@@ -675,7 +746,7 @@ def draft_scale(boxes: Sequence[tuple[int, int, int, int]], pre: Preprocessing, 
 
 
 def decode_item(
-    item: Item, pre: Preprocessing, *, draft: bool = True, draft_gap: float = 1.0, index: int = 0
+    item: Item, pre: Preprocessing, *, draft: bool = True, draft_gap: float = DRAFT_GAP, index: int = 0
 ) -> Decoded:
     """Decode one photo once (at a reduced JPEG scale when ``draft`` allows, see ``draft_scale``) and cut every
     target."""
@@ -856,7 +927,7 @@ def load_crops(
     threads: int = 2,
     batch_size: int = 32,
     draft: bool = True,
-    draft_gap: float = 1.0,
+    draft_gap: float = DRAFT_GAP,
     prefetch: int | None = None,
 ) -> Iterator[CropBatch]:
     """uint8 crop batches of every item's targets, in order. Photos are decoded in ``threads`` threads (PIL
@@ -959,7 +1030,7 @@ def predict(
     threads: int = 2,
     batch_size: int = 32,
     draft: bool = True,
-    draft_gap: float = 1.0,
+    draft_gap: float = DRAFT_GAP,
     progress: bool = False,
 ) -> Predictions:
     """Predict every target of every item; a file that fails gets rows with its error, the others go on."""
@@ -1008,6 +1079,36 @@ def predict(
             bar.close()
     rows = [slots[ObjectRef(i, t)] for i, it in enumerate(items) for t in range(len(it.targets))]
     return Predictions(rows, model.class_names, file_seconds, inference, time.perf_counter() - started, first, scales)
+
+
+def submit_time(
+    model: ShippedModel,
+    root: str | Path,
+    rows: Sequence[Mapping[str, str]],
+    *,
+    threads: int = 2,
+    batch_size: int = 32,
+    draft: bool = True,
+) -> dict[str, Any]:
+    """The workbook's submit time through the path that ships (``predict``: threaded, draft-mode decoding of each
+    photo once, batched inference): every manifest row's crop predicted from the file under ``root``. Returns the
+    seconds, n, failed objects and macro-F1 of these predictions against the rows' labels."""
+    items = items_from_manifest(Path(root), rows)
+    result = predict(model, items, threads=threads, batch_size=batch_size, draft=draft)
+    names = model.class_names
+    done = [r for r in result.rows if r.error is None and r.label is not None]
+    unknown = sorted({str(r.truth) for r in done if r.truth not in names})
+    if unknown:
+        raise PredictError(f"labels {unknown} are not among the model's classes {names}")
+    truth = [names.index(str(r.truth)) for r in done]
+    predicted = [names.index(str(r.label)) for r in done]
+    return {
+        "seconds": result.seconds,
+        "n": len(done),
+        "failed": result.n_errors,
+        "macro_f1": classification_scores(truth, predicted, names)["macro_f1"] if done else 0.0,
+        "draft": draft,
+    }
 
 
 def _row(items: Sequence[Item], ref: ObjectRef, **values: Any) -> PredictionRow:
@@ -1086,7 +1187,7 @@ def main_predict(
     threads: int = 2,
     batch_size: int = 32,
     draft: bool = True,
-    draft_gap: float = 1.0,
+    draft_gap: float = DRAFT_GAP,
     progress: bool | None = None,
 ) -> int:
     """The ``predict`` command: load and verify the model, predict, write the CSV or JSON atomically."""

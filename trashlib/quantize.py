@@ -17,8 +17,17 @@ from trashlib.candidate import CandidateRecord, assess_candidate
 from trashlib.data import PrepareConfig, PreparedData
 from trashlib.files import atomic_write_bytes, atomic_write_json, sha256_file
 from trashlib.models import ModelSpec
-from trashlib.predict import preprocessing_card, seal_model_card
+from trashlib.predict import (
+    DEPLOY_RUNNERS,
+    PredictError,
+    load_model,
+    open_runtime,
+    preprocessing_card,
+    seal_model_card,
+    submit_time,
+)
 from trashlib.run import Run
+from trashlib.score import score_candidate
 from trashlib.train import TrainConfig, preprocess, train_model
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -355,6 +364,33 @@ def quantize_onnx_int8(fp32_path: Path, out_path: Path, batches: Sequence[torch.
     return out_path
 
 
+class RunnerModel(nn.Module):
+    """A ``predict`` runtime runner (onnxruntime, openvino) on an ONNX file behind the ``nn.Module`` call interface;
+    a runtime that is missing or cannot load the file is a QuantizeError."""
+
+    def __init__(self, path: Path, threads: int = 1, runtime: str = "openvino") -> None:
+        super().__init__()
+        self.path, self.runtime = Path(path), runtime
+        try:
+            self.runner = open_runtime(
+                runtime,
+                self.path.read_bytes(),
+                threads=threads,
+                input_name=INPUT_NAME,
+                output_name=OUTPUT_NAME,
+                where=str(path),
+            )
+        except PredictError as error:
+            raise QuantizeError(str(error)) from None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.runner(x.detach().float().contiguous().numpy())))
+
+    def kernels(self) -> dict[str, int]:
+        """The kernels or node types the runtime runs (``predict.OpenVinoRunner.kernels`` and the like)."""
+        return dict(self.runner.kernels()) if hasattr(self.runner, "kernels") else {}
+
+
 class OrtModel(nn.Module):
     """An ONNX Runtime CPU session behind the ``nn.Module`` call interface (tensor in, logits tensor out),
     so the evaluation and timing code treats it like any other model."""
@@ -397,7 +433,7 @@ def _first_line(error: BaseException) -> str:
 # One candidate, deployed three ways
 
 
-RUNTIMES: tuple[str, ...] = ("pt2e-int8", "onnx-fp32", "onnx-int8")
+RUNTIMES: tuple[str, ...] = ("pt2e-int8", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8")
 
 
 class Deployment(NamedTuple):
@@ -423,9 +459,10 @@ def deploy_candidate(
     qat_epochs: int = 0,
     qat_max_drop: float = 0.02,
 ) -> Deployment:
-    """PT2E int8 (FX fallback) in torch, ONNX fp32 and ONNX int8 (QDQ) in onnxruntime, each assessed like
-    every candidate (test F1, latency, throughput, submit time, scores) and checked against the fp32 source
-    (top-1 agreement, largest logit difference). ONNX variants are written to ``deploy/<label>-<runtime>/``
+    """PT2E int8 (FX fallback) in torch, ONNX fp32 and ONNX int8 (QDQ) in onnxruntime and the same two files in
+    OpenVINO, each assessed like every candidate (test F1, latency, throughput, scores) and checked against the
+    fp32 source (top-1 agreement, largest logit difference). The submit time of the runtimes that ship an ONNX
+    file is the shipped path's (``shipped_submit``). ONNX variants are written to ``deploy/<label>-<runtime>/``
     (``model.onnx``, ``model_card.json``, ``metrics.json``). A runtime that fails gets a record with
     ``flagged`` (the reason) and no model; the fp32 source stays the candidate for it. With ``qat_epochs``,
     a PT2E int8 model that loses more than ``qat_max_drop`` test macro-F1 is redone with quantization-aware
@@ -459,11 +496,17 @@ def deploy_candidate(
                     ),
                 )
                 deployed = OrtModel(onnx_fp32, threads)
-            else:
+            elif runtime == "onnx-int8":
                 if onnx_fp32 is None:
                     raise QuantizeError("no fp32 ONNX model to quantize (its export failed)")
                 path = quantize_onnx_int8(onnx_fp32, folder / "model.onnx", batches)
                 deployed = OrtModel(path, threads)
+            else:  # the same ONNX files in another runtime
+                onnx_file = run.path("deploy", f"{label}-onnx-{runtime.rsplit('-', 1)[1]}", "model.onnx")
+                if not onnx_file.is_file():
+                    raise QuantizeError(f"no ONNX model for {runtime} (onnx-{runtime.rsplit('-', 1)[1]} failed)")
+                deployed = RunnerModel(onnx_file, threads, DEPLOY_RUNNERS[runtime])
+                atomic_write_bytes(folder / "model.onnx", onnx_file.read_bytes())
         except QuantizeError as error:  # stays in the leaderboard as its fp32 source, flagged
             flagged = source.copy()
             flagged.pop("stage", None)
@@ -487,13 +530,14 @@ def deploy_candidate(
                 f1_change=record["f1_test"] - source["f1_test"],
             )
         )
-        if runtime.startswith("onnx"):
+        if runtime in DEPLOY_RUNNERS:
             onnx_path = folder / "model.onnx"
             record["size_bytes"] = onnx_path.stat().st_size
             card = model_card(
                 spec,
                 {
-                    "runtime": f"onnxruntime CPU, {runtime[5:]}",
+                    "runtime": f"{DEPLOY_RUNNERS[runtime]} CPU, {runtime.rsplit('-', 1)[1]}",
+                    "runner": DEPLOY_RUNNERS[runtime],
                     "source": label,
                     "f1_test": record["f1_test"],
                     "latency_b1_ms": record["latency_b1_ms"],
@@ -502,6 +546,10 @@ def deploy_candidate(
                 prepare=data.meta["config"],
             )
             write_model_card(folder / "model_card.json", card, onnx_path)
+            try:
+                record.update(shipped_submit(folder, data, record, baseline=baseline, threads=threads))
+            except QuantizeError as error:
+                record["flagged"] = str(error)
         else:
             record["size_bytes"] = None  # the lowered PT2E graph lives in memory; the ONNX int8 file is the artifact
         run.write_metrics(f"deploy/{name}", dict(record), params)
@@ -525,6 +573,47 @@ def deploy_candidate(
             models["qat-int8"] = qat.model
             records.append(qat.record)
     return Deployment(models, records)
+
+
+def runtime_kernels(run: Run, label: str, *, threads: int = 1) -> dict[str, dict[str, int]]:
+    """What each runtime that ships an ONNX file of ``label`` runs: OpenVINO's chosen CPU primitives per layer type
+    (brgconv_avx512_amx_I8 and the like), onnxruntime's node types after its graph optimisations. Runtimes whose
+    folder is missing (flagged) are left out."""
+    found = {}
+    for runtime, runner in DEPLOY_RUNNERS.items():
+        path = run.path("deploy", f"{label}-{runtime}", "model.onnx")
+        if path.is_file():
+            found[runtime] = RunnerModel(path, threads, runner).kernels()
+    return found
+
+
+def shipped_submit(
+    folder: Path, data: PreparedData, record: CandidateRecord, *, baseline: CandidateRecord | None, threads: int
+) -> CandidateRecord:
+    """The submit time of a deployed folder as it ships: ``predict.submit_time`` (the card's runtime, threaded
+    draft decoding, batched) over the test split from the files on disk, and the scores recomputed with it. The
+    torch-harness time stays as ``submit_loop_s``; ``submit_f1_change`` is the macro-F1 of these predictions
+    minus the cached crops' (the cost of reduced-size decoding)."""
+    try:
+        shipped = load_model(folder, threads=threads)
+        fast = submit_time(shipped, data.meta["source_root"], data.split_rows("test"), threads=threads)
+    except PredictError as error:
+        raise QuantizeError(f"{folder}: the shipped model does not run through predict: {error}") from None
+    scores = score_candidate(
+        record["f1_test"],
+        fast["seconds"],
+        baseline["f1_test"] if baseline else None,
+        baseline["submit_s"] if baseline else None,
+    )
+    return CandidateRecord(
+        submit_loop_s=record["submit_s"],
+        submit_s=fast["seconds"],
+        submit_n=fast["n"],
+        submit_pipeline=f"predict ({shipped.runtime}, {threads} decode threads, draft JPEG decoding)",
+        submit_f1_change=fast["macro_f1"] - record["f1_test"],
+        score_published=scores["score_published"],
+        score_relative=scores["score_relative"],
+    )
 
 
 class _QatResult(NamedTuple):

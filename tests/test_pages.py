@@ -258,3 +258,18 @@ def test_every_cli_option_has_help():
         if not isinstance(action, argparse._HelpAction) and not action.help
     ]
     assert not missing and {"prepare", "synthetic"} <= set(commands)
+
+
+def test_interleaved_latencies_come_from_the_last_notebook_that_timed_a_candidate(tmp_path: Path):
+    from trashlib.candidate import interleaved_latencies, save_interleaved
+    from trashlib.run import open_run
+
+    run = open_run(tmp_path / "run")
+    assert interleaved_latencies(run) == {}
+    save_interleaved(run, "compress", {"baseline": 10.0, "baseline-pruned50": 6.64})
+    save_interleaved(run, "deploy", {"baseline": 9.5, "baseline-onnx-fp32": 4.0})
+    assert interleaved_latencies(run) == {
+        "baseline": (9.5, "04_deploy"),
+        "baseline-pruned50": (6.64, "03_compress"),
+        "baseline-onnx-fp32": (4.0, "04_deploy"),
+    }

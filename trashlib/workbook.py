@@ -17,6 +17,7 @@ from typing import Any
 
 import nbformat
 import papermill
+import traitlets
 import yaml
 from jupyter_client.manager import AsyncKernelManager
 
@@ -323,6 +324,22 @@ def publish_artifacts(run_dir: Path, report_dir: Path, *, current: bool = True) 
     return copied
 
 
+def _ipc_kernel_manager(prefix: Path) -> type[AsyncKernelManager]:
+    """A kernel manager class whose kernels listen on IPC sockets named after ``prefix`` instead of TCP ports (the
+    client that papermill creates from it also shuts its kernel down)."""
+
+    class IpcKernelManager(AsyncKernelManager):
+        @traitlets.default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+        @traitlets.default("ip")
+        def _ip_default(self) -> str:
+            return str(prefix)
+
+    return IpcKernelManager
+
+
 def _execute(nb: Path, out_nb: Path, params: dict[str, Any], *, progress_file: Path, log: Callable[[str], Any]) -> None:
     """papermill on one notebook: its kernel reached over IPC sockets in a private temporary folder (no TCP port, so
     no unencrypted-transport warning), told to write progress lines (``trashlib.progress``) that are echoed here
@@ -334,7 +351,6 @@ def _execute(nb: Path, out_nb: Path, params: dict[str, Any], *, progress_file: P
             tempfile.TemporaryDirectory(prefix="trashlib-kernel-") as sockets,
             progress.Tail(progress_file, log, f"    {nb.stem}: "),
         ):
-            km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
             papermill.execute_notebook(
                 str(nb),
                 str(out_nb),
@@ -343,7 +359,7 @@ def _execute(nb: Path, out_nb: Path, params: dict[str, Any], *, progress_file: P
                 kernel_name="python3",
                 progress_bar=False,
                 log_output=False,
-                km=km,
+                kernel_manager_class=_ipc_kernel_manager(Path(sockets) / "kernel"),
             )
     finally:
         if previous is None:

@@ -28,17 +28,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun notebooks even when their outputs are current")
 
     prep = sub.add_parser("prepare", help="prepare a data set (manifest + crop cache) into a folder")
-    prep.add_argument("source")
-    prep.add_argument("--out", required=True)
-    prep.add_argument("--mapping", default="taco")
-    prep.add_argument("--cache-side", type=int, default=128)
-    prep.add_argument("--margin", type=float, default=0.1)
-    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("source", help="a COCO folder (annotations.json + images) or an ImageFolder (<class>/<file>)")
+    prep.add_argument("--out", required=True, help="folder for manifest.csv, the crop cache and dataset.json")
+    prep.add_argument(
+        "--mapping",
+        default="taco",
+        help="COCO category mapping to the six classes: a name (taco, recycle10) or a JSON file (default: taco)",
+    )
+    prep.add_argument(
+        "--cache-side", type=int, default=128, help="side in pixels of the cached square crops (default: 128)"
+    )
+    prep.add_argument(
+        "--margin", type=float, default=0.1, help="each COCO box grown by this fraction on every side (default: 0.1)"
+    )
+    prep.add_argument("--seed", type=int, default=0, help="seed of the photo-wise train/val/test split (default: 0)")
 
     syn = sub.add_parser("synthetic", help="write the synthetic TACO-like COCO data set")
-    syn.add_argument("--out", required=True)
-    syn.add_argument("--images", type=int, default=200)
-    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--out", required=True, help="folder for annotations.json and the generated photos")
+    syn.add_argument("--images", type=int, default=200, help="number of photos to generate (default: 200)")
+    syn.add_argument(
+        "--seed", type=int, default=0, help="seed of the generator: equal seeds give equal files (default: 0)"
+    )
 
     dl = sub.add_parser("download-taco", help="download TACO's annotations.json and images (resumable)")
     dl.add_argument("--out", required=True, help="folder for annotations.json and the images")
@@ -73,10 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--space", default=None, help="YAML/JSON file of SearchSpace fields")
     create.add_argument("--epochs", type=int, default=3, help="training epochs per trial")
-    create.add_argument("--batch-size", type=int, default=32)
+    create.add_argument("--batch-size", type=int, default=32, help="training batch size (default: 32)")
     create.add_argument("--threads", type=int, default=1, help="torch threads for training and latency")
     create.add_argument("--target-ms", type=float, default=5.0, help="latency target T of the reward")
-    create.add_argument("--latency-runs", type=int, default=30)
+    create.add_argument(
+        "--latency-runs", type=int, default=30, help="timed calls per latency measurement (default: 30)"
+    )
 
     worker = sub.add_parser("tune-worker", help="run trials of an existing study (start one per core/machine)")
     _storage_arguments(worker)

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from trashlib.files import atomic_write_bytes, atomic_write_json, sha256_file
+from trashlib.progress import bars_enabled
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, never silently grey
 
@@ -704,7 +705,7 @@ def prepare_dataset(
     results: dict[str, tuple] = {}
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         futures = pool.map(lambda p: _crop_photo(root, p, by_photo[p], config), photos)
-        for res in tqdm(futures, total=len(photos), desc="crops", disable=not progress, leave=False):
+        for res in tqdm(futures, total=len(photos), desc="crops", disable=not bars_enabled(progress), leave=False):
             results[res[0]] = res
     kept: list[tuple[Sample, tuple[int, int, int, int], np.ndarray, tuple[int, int]]] = []
     for p in photos:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import matplotlib.axes
 import matplotlib.figure
 import matplotlib.pyplot as plt
 import numpy as np
@@ -273,21 +275,67 @@ def plot_layer_scan(scan: list[dict[str, Any]]) -> matplotlib.figure.Figure:
     return fig
 
 
+def label_points(ax: matplotlib.axes.Axes, points: Sequence[tuple[float, float, str]], fontsize: float = 7) -> None:
+    """Write each point's name beside it: on the side that keeps it inside the axes, at the first of a few offsets
+    where it overlaps no label placed before (estimated from the text's length), else at the least crowded one."""
+    fig = ax.figure
+    fig.canvas.draw()  # final limits and transforms
+    box = ax.get_window_extent()
+    scale = fig.dpi / 72  # points to pixels
+    width_px = lambda text: len(text) * fontsize * 0.6 * scale  # noqa: E731
+    height_px = fontsize * 1.3 * scale
+    placed: list[tuple[float, float, float, float]] = []
+    for px, py, name in points:
+        x, y = ax.transData.transform((px, py))
+        right = x + 6 * scale + width_px(name) < box.x1
+        upper = y + 24 * scale + height_px < box.y1
+        tries = [4, -12, 14, -22, 24, -32] if upper else [-12, -22, -32, 4]
+        best: tuple[float, float, float] | None = None
+        for dy in tries:
+            dx = 5 if right else -5
+            x0 = x + dx * scale if right else x + dx * scale - width_px(name)
+            y0 = y + dy * scale
+            rect = (x0, y0, x0 + width_px(name), y0 + height_px)
+            overlaps = sum(not (rect[2] < r[0] or r[2] < rect[0] or rect[3] < r[1] or r[3] < rect[1]) for r in placed)
+            inside = box.y0 <= rect[1] and rect[3] <= box.y1
+            cost = overlaps * 2 + (0 if inside else 1)
+            if best is None or cost < best[0]:
+                best = (cost, dx, dy)
+            if cost == 0:
+                break
+        assert best is not None
+        _, dx_best, dy_best = best
+        dx, dy = int(dx_best), int(dy_best)
+        x0 = x + dx * scale if right else x + dx * scale - width_px(name)
+        placed.append((x0, y + dy * scale, x0 + width_px(name), y + dy * scale + height_px))
+        ax.annotate(
+            name,
+            (px, py),
+            textcoords="offset points",
+            xytext=(dx, dy),
+            ha="left" if right else "right",
+            fontsize=fontsize,
+            annotation_clip=True,
+        )
+
+
 def plot_candidates(
     records: list[dict[str, Any]],
     x: str = "latency_b1_ms",
     y: str = "f1_test",
     title: str = "macro-F1 against batch-1 latency",
+    *,
+    labels: Sequence[str] | None = None,
 ) -> matplotlib.figure.Figure:
-    """Every candidate as a labelled point, the Pareto front (higher ``y``, lower ``x``) joined."""
+    """Every candidate as a point, the Pareto front (higher ``y``, lower ``x``) joined. Names are written only for
+    the points on the front and for ``labels`` (the baseline, the winner), placed so they do not collide."""
     points = sorted((r[x], r[y], r["candidate"]) for r in records)
     table = pd.DataFrame(points, columns=[x, y, "candidate"]).set_index("candidate")
     where = {name: (px, py) for px, py, name in points}
-    front = [where[name] for name in pareto_front(table, f1=y, latency=x)]
+    front_names = pareto_front(table, f1=y, latency=x)
+    front = [where[name] for name in front_names]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax.scatter([p[0] for p in points], [p[1] for p in points], color="C0")
-    for px, py, name in points:
-        ax.annotate(name, (px, py), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.plot(
         [p[0] for p in front],
         [p[1] for p in front],
@@ -297,6 +345,9 @@ def plot_candidates(
     )
     ax.set(xlabel=x.replace("_", " "), ylabel=y.replace("_", " "), title=title)
     ax.set_xscale("log")
-    ax.legend(fontsize=8)
+    ax.margins(x=0.1, y=0.12)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
+    named = set(front_names) | {n for n in (labels or ()) if n in where}
+    label_points(ax, [(px, py, name) for px, py, name in points if name in named])
     return fig

@@ -28,6 +28,7 @@ METRICS_FILE = "metrics.json"
 LEADERBOARD_FILE = "leaderboard.csv"
 PARAMS_FILE = "params.yaml"
 LOCK_FILE = ".lock"
+PARETO_FILE = "pareto.png"  # notebook 05's figure of every candidate, embedded in the report index
 # What each numbered notebook owns in the run directory (besides its headlines/NN_*.json): the runner records the
 # sha256 of every file there, so a file edited or corrupted later makes that notebook stale.
 NOTEBOOK_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -36,7 +37,7 @@ NOTEBOOK_OUTPUTS: dict[str, tuple[str, ...]] = {
     "02": ("search",),
     "03": ("compress",),
     "04": ("deploy",),
-    "05": (LEADERBOARD_FILE, "winner"),
+    "05": (LEADERBOARD_FILE, PARETO_FILE, "winner"),
 }
 
 

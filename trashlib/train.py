@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from trashlib import progress as progress_bars
 from trashlib.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -411,7 +412,7 @@ def _train(
     bar = tqdm(
         total=config.epochs * steps_per_epoch,
         initial=state["epoch"] * steps_per_epoch,
-        disable=not progress,
+        disable=not progress_bars.bars_enabled(progress),
         desc="train",
         unit="batch",
         mininterval=10.0,
@@ -483,6 +484,7 @@ def _train(
                     checkpoint_path,
                     _snapshot(state, run_identity, (model, optimizer, scheduler), (shuffle_gen, augment_gen)),
                 )
+            progress_bars.step("epoch", state["epoch"], config.epochs, f"val macro-F1 {last_f1}")
             if on_epoch is not None:
                 on_epoch(state["epoch"], dict(state["history"][-1]))
     finally:

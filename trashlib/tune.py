@@ -74,6 +74,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from trashlib import progress
 from trashlib.bench import count_macs, count_params, latency_for_model
 from trashlib.data import PreparedData
 from trashlib.files import atomic_write_json, atomic_write_text, read_json
@@ -653,15 +654,29 @@ def run_search(
     stale = fail_stale_trials(study)
     if stale:
         _log.warning("study %r: marked trials %s FAIL, their workers are gone", study_name, stale)
-    callbacks = []
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = []
     if max_trials is not None:
         if len(study.get_trials(deepcopy=False, states=FINISHED)) >= max_trials:
             return study
         callbacks.append(optuna.study.MaxTrialsCallback(max_trials, states=FINISHED))
+    goal = max_trials or n_trials
+    if goal:
+        callbacks.append(_ProgressCallback(goal))
     study.optimize(
         lambda trial: _objective(trial, data, settings), n_trials=n_trials, timeout=timeout, callbacks=callbacks
     )
     return study
+
+
+class _ProgressCallback:
+    """Say "trial k/n" (finished trials of the study out of the goal) to the workbook runner's progress file."""
+
+    def __init__(self, goal: int) -> None:
+        self.goal = goal
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        progress.step("trial", done, self.goal, f"#{trial.number} {trial.state.name.lower()}")
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:

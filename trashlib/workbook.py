@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +17,11 @@ from typing import Any
 
 import nbformat
 import papermill
+import traitlets
 import yaml
+from jupyter_client.manager import AsyncKernelManager
 
+from trashlib import progress
 from trashlib.files import atomic_write_bytes, atomic_write_text, sha256_file
 from trashlib.pages import render_html, write_index
 from trashlib.run import (
@@ -187,6 +193,10 @@ def resolve_parameters(
             raise ParameterError(f"profile section {section!r}: unknown parameter(s) {sorted(unknown)}")
     unknown = (set(flat) | set(overrides)) - all_names
     if unknown:
+        guesses = {name: difflib.get_close_matches(name, sorted(all_names), n=1) for name in sorted(unknown)}
+        if all(guesses.values()):  # a typo: name the parameter meant, not the whole list
+            hint = ", ".join(f"{close[0]!r} for {name!r}" for name, close in guesses.items())
+            raise ParameterError(f"unknown parameter(s) {sorted(unknown)}: did you mean {hint}?")
         raise ParameterError(
             f"unknown parameter(s) {sorted(unknown)}: no notebook declares them (known: {sorted(all_names)})"
         )
@@ -314,6 +324,50 @@ def publish_artifacts(run_dir: Path, report_dir: Path, *, current: bool = True) 
     return copied
 
 
+def _ipc_kernel_manager(prefix: Path) -> type[AsyncKernelManager]:
+    """A kernel manager class whose kernels listen on IPC sockets named after ``prefix`` instead of TCP ports (the
+    client that papermill creates from it also shuts its kernel down)."""
+
+    class IpcKernelManager(AsyncKernelManager):
+        @traitlets.default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+        @traitlets.default("ip")
+        def _ip_default(self) -> str:
+            return str(prefix)
+
+    return IpcKernelManager
+
+
+def _execute(nb: Path, out_nb: Path, params: dict[str, Any], *, progress_file: Path, log: Callable[[str], Any]) -> None:
+    """papermill on one notebook: its kernel reached over IPC sockets in a private temporary folder (no TCP port, so
+    no unencrypted-transport warning), told to write progress lines (``trashlib.progress``) that are echoed here
+    instead of drawing tqdm bars into the page."""
+    previous = os.environ.get(progress.ENV)
+    os.environ[progress.ENV] = str(progress_file)  # the kernel inherits the runner's environment
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="trashlib-kernel-") as sockets,
+            progress.Tail(progress_file, log, f"    {nb.stem}: "),
+        ):
+            papermill.execute_notebook(
+                str(nb),
+                str(out_nb),
+                parameters=params,
+                cwd=str(nb.parent),
+                kernel_name="python3",
+                progress_bar=False,
+                log_output=False,
+                kernel_manager_class=_ipc_kernel_manager(Path(sockets) / "kernel"),
+            )
+    finally:
+        if previous is None:
+            os.environ.pop(progress.ENV, None)
+        else:
+            os.environ[progress.ENV] = previous
+
+
 def run_workbook(
     profile: str,
     data: str,
@@ -405,15 +459,7 @@ def _run_locked(
         t0, before = time.perf_counter(), _file_times(run_dir)
         stamp_file.unlink(missing_ok=True)
         try:
-            papermill.execute_notebook(
-                str(nb),
-                str(out_nb),
-                parameters=params,
-                cwd=str(nb.parent),
-                kernel_name="python3",
-                progress_bar=False,
-                log_output=False,
-            )
+            _execute(nb, out_nb, params, progress_file=run_dir / "notebooks" / ".progress", log=log)
         except Exception as exc:  # papermill wraps the cell's error; keep its first line
             seconds = time.perf_counter() - t0
             first = str(exc).strip().splitlines()

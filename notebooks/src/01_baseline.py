@@ -4,6 +4,16 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   language_info:
+#     codemirror_mode:
+#       name: ipython
+#       version: 3
+#     file_extension: .py
+#     mimetype: text/x-python
+#     name: python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+#     version: 3.11.7
 # ---
 
 # %% [markdown]
@@ -43,7 +53,7 @@ latency_runs = 20
 import pandas as pd
 from IPython.display import display
 
-from trashlib import report
+from trashlib import formats, report
 from trashlib.candidate import assess_candidate, check_above_chance, save_candidate
 from trashlib.models import ModelSpec, build_model
 from trashlib.run import open_run
@@ -170,7 +180,7 @@ columns = [
     "score_relative",
 ]
 table = pd.DataFrame([r for r in (baseline, teacher) if r], columns=columns).set_index("model")
-display(table.round(4))
+display(formats.format_table(table))
 run.headline(
     "01_baseline",
     {

@@ -4,6 +4,16 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   language_info:
+#     codemirror_mode:
+#       name: ipython
+#       version: 3
+#     file_extension: .py
+#     mimetype: text/x-python
+#     name: python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+#     version: 3.11.7
 # ---
 
 # %% [markdown]
@@ -36,11 +46,12 @@ study_name = "search"
 storage_url = ""  # "" keeps the study in the run's journal file; or a database URL shared with tune-worker processes
 
 # %%
+import optuna
 import pandas as pd
 from IPython.display import display
 from optuna.trial import TrialState
 
-from trashlib import report
+from trashlib import formats, report
 from trashlib.candidate import assess_candidate, check_above_chance, load_candidate, save_candidate
 from trashlib.models import ModelSpec, build_model
 from trashlib.run import open_run
@@ -63,6 +74,7 @@ from trashlib.tune import (
     trial_objectives,
 )
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # no log line per trial: the search cell prints a summary
 run = open_run(run_dir)
 dataset = run.prepared(data)
 train, val = dataset.split("train"), dataset.split("val")
@@ -188,7 +200,7 @@ f1_ref, latency_ref = pick_reference(trials, ref_f1, ref_ms)
 chosen = pick_trial(trials, ref_f1, ref_ms)
 arch = trial_arch(chosen)
 save_arch(arch, run.path("search"), "chosen")
-display(report.trial_table(trials, f1_ref, latency_ref).query("pareto").round(4))
+display(formats.format_table(report.trial_table(trials, f1_ref, latency_ref).query("pareto")))
 picked = trial_objectives(chosen)
 print(
     f"reference: F1 {f1_ref:.3f}, {latency_ref:.2f} ms ({'baseline' if baseline else 'best trial'}); chosen: "
@@ -270,7 +282,7 @@ table = pd.DataFrame(
     columns=columns,
     index=[n for n, r in (("searched", searched), ("baseline", baseline)) if r],
 )
-display(table.round(4))
+display(formats.format_table(table))
 run.headline(
     "02_search",
     {

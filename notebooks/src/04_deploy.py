@@ -4,6 +4,16 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   language_info:
+#     codemirror_mode:
+#       name: ipython
+#       version: 3
+#     file_extension: .py
+#     mimetype: text/x-python
+#     name: python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+#     version: 3.11.7
 # ---
 
 # %% [markdown]
@@ -37,7 +47,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from trashlib import report
+from trashlib import formats, report
 from trashlib.bench import machine_info, original_loop_submit_time, runtime_table
 from trashlib.candidate import (
     assess_candidate,
@@ -45,6 +55,7 @@ from trashlib.candidate import (
     list_candidates,
     load_candidate,
     pick_for_deployment,
+    save_interleaved,
 )
 from trashlib.predict import DEPLOY_RUNNERS
 from trashlib.quantize import deploy_candidate, read_model_card, runtime_kernels
@@ -126,25 +137,27 @@ for source in chosen:
     deploy_records += deployment.records
 checks = pd.DataFrame(deploy_records).set_index("candidate")
 display(
-    checks[
-        [
-            c
-            for c in (
-                "runtime",
-                "method",
-                "top1_agreement",
-                "max_abs_diff",
-                "f1_test",
-                "f1_change",
-                "submit_s",
-                "submit_loop_s",
-                "submit_f1_change",
-                "size_bytes",
-                "flagged",
-            )
-            if c in checks
+    formats.format_table(
+        checks[
+            [
+                c
+                for c in (
+                    "runtime",
+                    "method",
+                    "top1_agreement",
+                    "max_abs_diff",
+                    "f1_test",
+                    "f1_change",
+                    "submit_s",
+                    "submit_loop_s",
+                    "submit_f1_change",
+                    "size_bytes",
+                    "flagged",
+                )
+                if c in checks
+            ]
         ]
-    ].round(4)
+    )
 )
 
 # %% [markdown]
@@ -164,7 +177,13 @@ for label, (model, spec, source) in sources.items():
     for runtime, module in deployed[label].items():
         variants[f"{label} {runtime}"] = (module, size, macs, "int8" if runtime.endswith("int8") else "fp32")
 timing = pd.DataFrame(runtime_table(variants, threads=threads, rounds=compare_rounds)).set_index("variant")
-display(timing.round(3))
+display(formats.format_table(timing))
+# the leaderboard's latency of every candidate timed here: "<source> eager-fp32" is the source candidate itself
+candidate_of = {
+    **{f"{label} eager-fp32": label for label in sources},
+    **{f"{r['source']} {r['runtime']}": r["candidate"] for r in deploy_records},
+}
+save_interleaved(run, "deploy", {candidate_of[v]: row["b1_ms"] for v, row in timing.iterrows() if v in candidate_of})
 f1_of = {
     **{
         f"{label} {kind}-fp32": source["f1_test"]
@@ -176,6 +195,7 @@ f1_of = {
 fig = report.plot_candidates(
     [{"candidate": name, "f1_test": f1_of[name], "latency_b1_ms": row["b1_ms"]} for name, row in timing.iterrows()],
     title="deployed variants: test macro-F1 against batch-1 latency (interleaved)",
+    labels=["baseline eager-fp32"],
 )
 
 # %% [markdown]
@@ -244,7 +264,7 @@ columns = [
     "score_published",
     "flagged",
 ]
-display(checks[[c for c in columns if c in checks]].round(4))
+display(formats.format_table(checks[[c for c in columns if c in checks]]))
 best = min(ok, key=lambda r: r["score_published"])
 run.headline(
     "04_deploy",

@@ -4,6 +4,16 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   language_info:
+#     codemirror_mode:
+#       name: ipython
+#       version: 3
+#     file_extension: .py
+#     mimetype: text/x-python
+#     name: python
+#     nbconvert_exporter: python
+#     pygments_lexer: ipython3
+#     version: 3.11.7
 # ---
 
 # %% [markdown]
@@ -24,16 +34,26 @@ require_winner = False  # True (profiles real, full): no qualifying candidate fa
 # %%
 from IPython.display import display
 
-from trashlib import report
-from trashlib.candidate import STAGES, Winner, chance_f1, leaderboard, list_candidates, pareto_front, ship_winner
+from trashlib import formats, report
+from trashlib.candidate import (
+    STAGES,
+    Winner,
+    chance_f1,
+    interleaved_latencies,
+    leaderboard,
+    leaderboard_csv,
+    list_candidates,
+    pareto_front,
+    ship_winner,
+)
 from trashlib.files import atomic_write_text
-from trashlib.run import open_run
+from trashlib.run import PARETO_FILE, open_run
 
 run = open_run(run_dir)
 dataset = run.prepared(data)
 records = list_candidates(run, STAGES)
 assert records, f"no candidate in {run.run_dir}: run notebooks 01 to 04 first"
-board = leaderboard(records, rank_by)
+board = leaderboard(records, rank_by, latencies=interleaved_latencies(run))
 print(f"{len(board)} candidates from stages {sorted(set(board['stage']))}")
 
 # %% [markdown]
@@ -56,6 +76,7 @@ columns = [
     "f1_public",
     "f1_private",
     "latency_b1_ms",
+    "latency_source",
     "submit_s",
     "params",
     "macs",
@@ -65,19 +86,19 @@ columns = [
     "deployable",
     "flagged",
 ]
-display(board[columns].round(4))
+display(formats.format_table(board[columns]))
 
 # %% [markdown]
 # ## The Pareto front
-# Test macro-F1 against batch-1 latency (each candidate as measured in its own notebook; notebook 04's table has
-# the interleaved comparison). The staircase joins the candidates that no other beats on both.
+# Test macro-F1 against batch-1 latency. One latency per candidate: the interleaved median of the last notebook that
+# timed it together with others (03 for the compressed variants, 04 for the deployed ones and their sources), else
+# the one measured when it was assessed alone; `latency_source` names it. The candidates no other beats on both:
 
 # %%
-fig = report.plot_candidates(
-    board.reset_index().to_dict("records"), title="every candidate: test macro-F1 against batch-1 latency"
-)
 front = pareto_front(board)
-display(board.loc[front, ["stage", "runtime", "f1_test", "latency_b1_ms", rank_by]].round(4))
+display(
+    formats.format_table(board.loc[front, ["stage", "runtime", "f1_test", "latency_b1_ms", "latency_source", rank_by]])
+)
 
 # %% [markdown]
 # ## The winner
@@ -91,7 +112,13 @@ display(board.loc[front, ["stage", "runtime", "f1_test", "latency_b1_ms", rank_b
 chance = chance_f1(dataset)
 baseline_f1 = float(board.loc["baseline", "f1_test"]) if "baseline" in board.index else None
 winner = ship_winner(run, board, chance=chance, baseline_f1=baseline_f1, max_f1_drop=max_f1_drop)
-atomic_write_text(run.path("leaderboard.csv"), board.to_csv())
+atomic_write_text(run.path("leaderboard.csv"), leaderboard_csv(board))
+fig = report.plot_candidates(
+    board.reset_index().to_dict("records"),
+    title="every candidate: test macro-F1 against batch-1 latency",
+    labels=["baseline", *([winner.candidate] if isinstance(winner, Winner) else [])],
+)
+fig.savefig(run.path(PARETO_FILE), dpi=110)
 if isinstance(winner, Winner):
     row = board.loc[winner.candidate]
     print(
@@ -112,7 +139,7 @@ run.headline("05_leaderboard", {"candidates": len(board), "chance_f1": round(cha
 
 assert list(board[rank_by]) == sorted(board[rank_by]), "the leaderboard is not sorted by its score"
 if isinstance(winner, Winner):
-    written = [run.path("leaderboard.csv"), *winner.files]
+    written = [run.path("leaderboard.csv"), run.path(PARETO_FILE), *winner.files]
     print("wrote", *written, sep="\n  ")
     assert board.loc[winner.candidate, "deployable"], "the winner is not a deployable model"
     assert board.loc[winner.candidate, "f1_test"] > chance, "the winner is not above chance"

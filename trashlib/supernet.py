@@ -755,3 +755,15 @@ def pick_front(
         return (0.5 * ms / latency_ref_ms + 1 / (1 + math.exp(-20 * (f1_ref - f1))), ms, t.number)
 
     return sorted(trials, key=score)[:k]
+
+
+def mnasnet_studies(storage: str | Path, prefix: str) -> list[optuna.Study]:
+    """The MnasNet (``tune``) studies named ``prefix-...`` in ``storage``, for drawing both searches together."""
+    from trashlib.tune import SETTINGS_ATTR
+
+    backend = open_storage(storage)
+    studies = []
+    for summary in optuna.get_all_study_summaries(backend, include_best_trial=False):
+        if summary.study_name.startswith(f"{prefix}-") and SETTINGS_ATTR in summary.user_attrs:
+            studies.append(optuna.load_study(study_name=summary.study_name, storage=backend))
+    return studies

@@ -12,6 +12,7 @@ import torch
 
 from trashlib.candidate import CandidateRecord, load_candidate, save_candidate
 from trashlib.models import LITE0_SUBNET, ModelError, ModelSpec, build_model, load_model, save_model
+from trashlib.quantize import QuantizeError
 from trashlib.run import Run
 from trashlib.supernet import (
     ElasticLite0,
@@ -34,6 +35,7 @@ from trashlib.supernet import (
     train_supernet,
 )
 from trashlib.train import TrainConfig, TrainError
+from trashlib.tune import SearchSettings, TuneError, evaluate_trial
 
 CLASSES = ["metal", "paper", "plastic"]
 SPACE = OfaSpace(resolutions=(32, 64), expand_ratios=(3, 6))
@@ -161,14 +163,16 @@ def test_ratio_and_space_errors_name_the_parameter() -> None:
 
 
 def test_unknown_or_missing_runtime_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(SupernetError, match="runtime 'tensorrt' is unknown; valid runtimes: onnxruntime-int8"):
+    with pytest.raises(QuantizeError, match="runtime 'tensorrt' is unknown; valid runtimes: onnxruntime-int8"):
         check_runtime("tensorrt")
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name))
-    with pytest.raises(SupernetError, match="needs the packages onnxruntime and onnx, which are not installed"):
+    with pytest.raises(QuantizeError, match="needs the packages onnxruntime and onnx, which are not installed"):
         check_runtime("onnxruntime-int8")
+    with pytest.raises(TuneError, match="SearchSettings.runtime must be one of"):
+        SearchSettings(runtime="tflite")
 
 
 class Interrupt(Exception):
@@ -267,3 +271,21 @@ def test_latency_check_and_search_run_at_smoke_size(supernet: ElasticLite0, tmp_
     assert front and all(SubnetConfig.from_dict(t.user_attrs["subnet"]) for t in front)
     with pytest.raises(SupernetError, match="was made with settings"):
         open_ofa_study(tmp_path / "journal.log", "ofa", SPACE, "onnxruntime-fp32")
+
+
+def test_mnasnet_trial_is_timed_in_the_deploy_runtime() -> None:
+    from trashlib.tune import ArchConfig, BlockConfig
+
+    arch = ArchConfig(
+        image_size=32,
+        stem_channels=8,
+        blocks=(BlockConfig(op="mbconv3", kernel=3, se=False, layers=1, stride=2, channels=16),),
+        head_channels=32,
+        dropout=0.0,
+        lr=0.01,
+        weight_decay=0.0,
+        augment=0.0,
+    )
+    data = (images(16, side=32), np.arange(16) % 3)
+    result = evaluate_trial(arch, data, data, 3, 1, latency_runs=3, runtime="onnxruntime-int8")
+    assert result.latency_ms > 0 and result.epochs_run == 1

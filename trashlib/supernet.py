@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import random
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import stochastic_depth
 
-from trashlib.bench import count_macs, measure_latency, torch_threads
+from trashlib.bench import count_macs, torch_threads
 from trashlib.models import (
     LITE0_SUBNET,
     EfficientNetLite0,
@@ -35,14 +34,18 @@ from trashlib.models import (
     model_preprocessing,
     safe_torch_load,
 )
-from trashlib.quantize import calibration_batches, export_onnx, quantize_onnx_int8
+from trashlib.quantize import (
+    DEFAULT_RUNTIME,
+    calibration_batches,
+    check_runtime,
+    deployed,
+    time_deployed,
+)
 from trashlib.train import StepLoss, TrainConfig, TrainResult, classification_metrics, predict_logits, preprocess
 from trashlib.train import train_model as _train_model
 from trashlib.tune import open_storage
 
 SUPERNET_FORMAT = "trashlib-supernet/1"
-RUNTIMES: tuple[str, ...] = ("onnxruntime-int8", "onnxruntime-fp32", "torch-eager")
-DEFAULT_RUNTIME = "onnxruntime-int8"
 STUDY_ATTR = "trashlib.supernet"
 EXPAND_RATIOS: tuple[int, ...] = (3, 4, 6)
 
@@ -495,64 +498,6 @@ def recalibrate_bn(model: nn.Module, images: np.ndarray, image_size: int, *, bat
 
 
 # --------------------------------------------------------------------------- latency in the deploy runtime
-
-
-def check_runtime(runtime: str) -> str:
-    """``runtime`` when it is known and installed; otherwise a ``SupernetError`` naming it."""
-    if runtime not in RUNTIMES:
-        raise SupernetError(f"runtime {runtime!r} is unknown; valid runtimes: {', '.join(RUNTIMES)}")
-    if runtime.startswith("onnxruntime") and (
-        importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None
-    ):
-        raise SupernetError(f"runtime {runtime!r} needs the packages onnxruntime and onnx, which are not installed")
-    return runtime
-
-
-def deployed(
-    model: nn.Module,
-    spec: ModelSpec,
-    runtime: str,
-    *,
-    calibration: Sequence[torch.Tensor] | None = None,
-    threads: int = 1,
-) -> Callable[[np.ndarray], Any]:
-    """``model`` as it runs in ``runtime``: a callable on a float NCHW array (ONNX fp32 or static int8 in
-    onnxruntime, calibrated on ``calibration``; or eager torch)."""
-    check_runtime(runtime)
-    if runtime == "torch-eager":
-        model.eval()
-
-        def eager(x: np.ndarray) -> Any:
-            with torch_threads(threads), torch.inference_mode():
-                return model(torch.from_numpy(x))
-
-        return eager
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="trashlib-latency-") as tmp:
-        path = export_onnx(model.eval(), spec, Path(tmp) / "fp32.onnx")
-        if runtime == "onnxruntime-int8":
-            if not calibration:
-                raise SupernetError("runtime 'onnxruntime-int8' needs calibration batches")
-            path = quantize_onnx_int8(path, Path(tmp) / "int8.onnx", calibration)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def run(x: np.ndarray) -> Any:
-        return session.run(None, {name: x})
-
-    return run
-
-
-def time_deployed(fn: Callable[[np.ndarray], Any], image_size: int, *, runs: int = 10, warmup: int = 3) -> float:
-    """Median batch-1 latency in ms of a ``deployed`` callable at ``image_size``."""
-    x = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size)).astype(np.float32)
-    return float(measure_latency(lambda: fn(x), warmup=warmup, runs=runs)["median_ms"])
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:

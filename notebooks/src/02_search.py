@@ -97,6 +97,7 @@ from trashlib.supernet import (
 )
 from trashlib.train import TrainConfig, evaluate, seed_everything, train_model
 from trashlib.tune import (
+    SETTINGS_ATTR,
     SearchData,
     SearchSettings,
     SearchSpace,
@@ -284,8 +285,8 @@ if mode == "ofa":
 # %% [markdown]
 # ## OFA 5 · Fronts against the baseline and the teacher, in the deploy runtime
 # The baseline and the teacher of notebook 01 are scored the same way: validation macro-F1 and the careful batch-1
-# latency in `runtime`. When the run's journal also holds a MnasNet study, its trials are drawn too (their latency
-# is eager PyTorch, as that search measures it).
+# latency in `runtime`. When the run's journal also holds a MnasNet study, its trials are drawn too (with the
+# latency in the runtime that study was made with, shown in the legend).
 
 # %%
 landmarks: dict[str, tuple[float, float]] = {}
@@ -306,7 +307,8 @@ if mode == "ofa":
     fronts = {"OFA sub-networks": [(t.values[1], t.values[0]) for t in ofa_complete]}
     for other in mnasnet_studies(storage, study_name):  # a MnasNet search run earlier in this run directory
         done = [t for t in other.trials if t.state == TrialState.COMPLETE and len(t.values) == 2]
-        fronts[f"MnasNet trials (eager ms) {other.study_name}"] = [
+        other_runtime = other.user_attrs.get(SETTINGS_ATTR, {}).get("runtime", "torch-eager")
+        fronts[f"MnasNet trials ({other_runtime} ms) {other.study_name}"] = [
             (trial_objectives(t).latency_ms, trial_objectives(t).val_f1) for t in done
         ]
     ofa_front = front_trials(ofa_study)
@@ -410,7 +412,8 @@ if mode == "ofa":
 # %% [markdown]
 # ## MnasNet · The search
 # Every trial samples an architecture and its training knobs, times its batch-1 latency at its own input size
-# with `threads` threads, trains it for `trial_epochs` epochs and reports the best validation macro-F1.
+# with `threads` threads in `runtime` (exported to ONNX and quantized for onnxruntime int8, the default), trains
+# it for `trial_epochs` epochs and reports the best validation macro-F1.
 # The sampler is multivariate TPE with constant liar (safe for parallel workers).
 #
 # **Resuming.** The study lives in the journal file `search/journal.log` under the name
@@ -435,6 +438,7 @@ if mode == "mnasnet":
         target_ms=target_ms,
         latency_runs=latency_runs,
         train_seed=seed,
+        runtime=runtime,
     )
     study_key = study_name if storage_url else settings_study_name(study_name, settings)
     study, settings = open_search(storage, study_key, None if storage_url else settings)  # a shared study keeps its own

@@ -86,7 +86,9 @@ def main() -> None:
     for _ in range(args.rounds):
         for label, (_, spec) in models.items():
             for rt in RUNTIMES:
-                times[label][rt].append(time_deployed(sessions[label][rt], spec.image_size, runs=args.runs))
+                times[label][rt].append(
+                    time_deployed(sessions[label][rt], spec.image_size, runs=args.runs, threads=args.threads)
+                )
     base = {rt: float(np.median(times["baseline"][rt])) for rt in RUNTIMES}
     print(f"supernet training: {info['supernet_seconds']:.0f} s ({info['supernet_epochs']} epochs)")
     print(f"sub-networks scored per hour in the search: {info['subnets_per_hour']:.0f} ({info['trials']} trials)")

@@ -561,12 +561,12 @@ def latency_check(
     fns, quick = [], []
     for config in configs:
         fn = deploy_subnet(supernet, config, runtime, calibration_images, threads=threads)
-        quick.append(time_deployed(fn, config.resolution, runs=quick_runs))
+        quick.append(time_deployed(fn, config.resolution, runs=quick_runs, threads=threads))
         fns.append(fn)
     per_round: list[list[float]] = [[] for _ in configs]
     for _ in range(rounds):
         for index, (fn, config) in enumerate(zip(fns, configs, strict=True)):
-            per_round[index].append(time_deployed(fn, config.resolution, runs=careful_runs, warmup=5))
+            per_round[index].append(time_deployed(fn, config.resolution, runs=careful_runs, warmup=5, threads=threads))
     careful = [float(np.median(times)) for times in per_round]
     return LatencyCheck(configs, quick, careful, kendall_tau(quick, careful), time.perf_counter() - started)
 
@@ -633,7 +633,7 @@ class SubnetEvaluator:
         logits = predict_logits(model, val_x, config.resolution, normalization={"mean": mean, "std": std})
         f1 = classification_metrics(logits, val_y, self.supernet.class_names)["macro_f1"]
         fn = deploy_subnet(self.supernet, config, self.runtime, self.recalibration, threads=self.threads, model=model)
-        latency = time_deployed(fn, config.resolution, runs=self.latency_runs)
+        latency = time_deployed(fn, config.resolution, runs=self.latency_runs, threads=self.threads)
         macs = count_macs(model, config.resolution)
         return SubnetScore(float(f1), latency, macs, time.perf_counter() - started)
 

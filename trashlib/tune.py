@@ -490,7 +490,7 @@ def evaluate_trial(
         calibration = calibration_batches(train[0], spec, batch_size=32, max_images=32)
         with torch_threads(threads):
             fn = deployed(model, spec, runtime, calibration=calibration, threads=threads)
-        latency_ms = time_deployed(fn, arch.image_size, runs=latency_runs, warmup=latency_warmup)
+        latency_ms = time_deployed(fn, arch.image_size, runs=latency_runs, warmup=latency_warmup, threads=threads)
     macs = count_macs(model, arch.image_size)
     config = arch_train_config(arch, epochs, batch_size=batch_size, seed=seed, threads=threads)
     result = train_model(

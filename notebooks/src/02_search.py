@@ -301,7 +301,11 @@ if mode == "ofa":
         ]
         calib = calibration_batches(recalibration, spec_l, batch_size=32, max_images=32)
         fn = deployed(model_l, spec_l, runtime, calibration=calib, threads=threads)
-        ms = float(np.median([time_deployed(fn, spec_l.image_size, runs=latency_check_runs) for _ in range(3)]))
+        ms = float(
+            np.median(
+                [time_deployed(fn, spec_l.image_size, runs=latency_check_runs, threads=threads) for _ in range(3)]
+            )
+        )
         landmarks[f"{label} ({spec_l.name}, {runtime})"] = (ms, f1_l)
         landmark_rows.append({"model": label, "name": spec_l.name, "val_f1": f1_l, f"{runtime}_ms": ms})
     fronts = {"OFA sub-networks": [(t.values[1], t.values[0]) for t in ofa_complete]}

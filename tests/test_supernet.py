@@ -289,3 +289,10 @@ def test_mnasnet_trial_is_timed_in_the_deploy_runtime() -> None:
     data = (images(16, side=32), np.arange(16) % 3)
     result = evaluate_trial(arch, data, data, 3, 1, latency_runs=3, runtime="onnxruntime-int8")
     assert result.latency_ms > 0 and result.epochs_run == 1
+
+
+def test_the_runners_runtime_choices_are_the_latency_runtimes() -> None:
+    from trashlib.quantize import LATENCY_RUNTIMES
+    from trashlib.workbook import PARAMETER_CHOICES
+
+    assert PARAMETER_CHOICES["runtime"] == LATENCY_RUNTIMES

@@ -36,13 +36,13 @@ supernet_epochs = 1
 supernet_lr = 0.001
 supernet_random = 1  # random sub-networks per step besides the largest and the smallest
 supernet_augment = 0.3
-supernet_crops = 48  # training crops the supernet and the pick's fine-tune train on (0: all of them)
+supernet_crops = 48  # training crops the supernet trains on (0: all of them; the pick's fine-tune uses all)
 recalibration_crops = 64
 ofa_trials = 6
 ofa_latency_runs = 10
 latency_check_n = 4  # random sub-networks of the quick-versus-careful latency check (>= 30 outside smoke runs)
 latency_check_runs = 20
-ofa_finetune_epochs = 1
+ofa_finetune_epochs = 2
 ofa_finetune_lr = 0.0005
 mnasnet_objective = (
     "multi"  # "multi": Pareto front of val F1 and latency; "reward": MnasNet's F1 * (latency / target_ms) ** -0.07
@@ -371,7 +371,7 @@ if mode == "ofa":
     seed_everything(seed)
     result = train_model(
         student,
-        supernet_train,
+        train,
         val,
         config,
         teacher=ofa_teacher,

@@ -217,6 +217,12 @@ def test_eda_notebook_on_real_data(tmp_path, source, crops, classes):
         ({"energy": 0.0}, "0.0 is outside (0, 1]"),
         ({"split_fractions": [0.7, 0.3, 0.0]}, "0.0 is outside (0, 1)"),
         ({"threads": 0}, "0 is outside [1, inf)"),
+        ({"ofa_resolutions": [96, 100]}, "100 must be a multiple of 32"),
+        ({"latency_check_n": 2}, "2 is outside [3, inf)"),
+        ({"ofa_expand_ratios": [3, 7]}, "7 is outside [1, 6]"),
+        ({"supernet_lr": 0.0}, "0.0 is outside (0, inf)"),
+        ({"mode": "darts"}, "parameter mode='darts' (02_search): choose one of ['ofa', 'mnasnet']"),
+        ({"runtime": "tensorrt"}, "choose one of ['onnxruntime-int8', 'onnxruntime-fp32', 'torch-eager']"),
     ],
 )
 def test_out_of_range_parameters_are_refused_before_anything_runs(override, message):

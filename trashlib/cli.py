@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--latency-runs", type=int, default=30, help="timed calls per latency measurement (default: 30)"
     )
+    create.add_argument(
+        "--runtime",
+        choices=("torch-eager", "onnxruntime-fp32", "onnxruntime-int8"),
+        default="torch-eager",
+        help="where each trial's batch-1 latency is measured (onnxruntime-int8: what notebook 04 ships)",
+    )
 
     worker = sub.add_parser("tune-worker", help="run trials of an existing study (start one per core/machine)")
     _storage_arguments(worker)
@@ -314,6 +320,7 @@ def _tune(args: argparse.Namespace) -> int:
                 threads=args.threads,
                 target_ms=args.target_ms,
                 latency_runs=args.latency_runs,
+                runtime=args.runtime,
             )
             study, _ = open_search(args.storage, args.study, settings)
             print(f"study {args.study!r} ready ({args.mode}, {len(study.trials)} trials so far)")

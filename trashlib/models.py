@@ -33,12 +33,16 @@ MODEL_NAMES: tuple[str, ...] = (
     "efficientnet_lite0",
 )
 SEARCHED = "searched"
+# A sub-network of the elastic EfficientNet-Lite0 (``trashlib.supernet``), described by a ``subnet`` dict.
+LITE0_SUBNET = "lite0_subnet"
+SUBNET_KEYS: tuple[str, ...] = ("depths", "widths", "resolution")
 # Layer operations of a searched block: MBConv with expansion 1/3/6, a plain k x k convolution,
 # or a depthwise-separable convolution (depthwise k x k, then pointwise 1 x 1).
 SEARCH_OPS: tuple[str, ...] = ("mbconv1", "mbconv3", "mbconv6", "conv", "sepconv")
 ARCH_KEYS: tuple[str, ...] = ("stem_channels", "blocks", "head_channels", "dropout")
 ARCH_BLOCK_KEYS: tuple[str, ...] = ("op", "kernel", "se", "layers", "stride", "channels")
 SE_RATIO = 0.25
+KNOWN_NAMES: tuple[str, ...] = (*MODEL_NAMES, SEARCHED, LITE0_SUBNET)
 CHECKPOINT_FORMAT = "trashlib-model/1"
 REQUIRED_SPEC_KEYS: tuple[str, ...] = ("name", "num_classes", "class_names", "image_size")
 BN_MOMENTUM = 0.1
@@ -70,10 +74,69 @@ class ModelError(ValueError):
     """A model could not be built, loaded or saved; the message names the cause."""
 
 
+def lite0_blocks() -> list[tuple[int, int, int, int, int]]:
+    """EfficientNet-Lite0's 16 inverted-residual blocks as ``(kernel, stride, expand, cin, cout)``."""
+    return [
+        (kernel, stride if i == 0 else 1, expand, cin if i == 0 else cout, cout)
+        for repeats, kernel, stride, expand, cin, cout in _LITE0_STAGES
+        for i in range(repeats)
+    ]
+
+
+def lite0_stage_blocks() -> list[list[int]]:
+    """The block indices of each of EfficientNet-Lite0's 7 stages."""
+    stages, start = [], 0
+    for repeats, *_ in _LITE0_STAGES:
+        stages.append(list(range(start, start + repeats)))
+        start += repeats
+    return stages
+
+
+def lite0_max_widths() -> list[int]:
+    """Each block's full expansion width (input channels times its expand ratio)."""
+    return [cin * expand for _, _, expand, cin, _ in lite0_blocks()]
+
+
+def check_subnet(subnet: Any, where: str = "subnet") -> None:
+    """Refuse a sub-network setting outside the elastic EfficientNet-Lite0; the message names the key.
+
+    ``depths``: blocks kept per stage (the first ``k``, 1 to the stage's blocks); ``widths``: each block's
+    expansion width (1 to its full width; a block without expansion keeps its full width); ``resolution``: the
+    input side, a multiple of 32."""
+    if not isinstance(subnet, Mapping) or set(subnet) != set(SUBNET_KEYS):
+        keys = sorted(subnet) if isinstance(subnet, Mapping) else type(subnet).__name__
+        raise ModelError(f"{where} must be a dict with keys {list(SUBNET_KEYS)}, got {keys}")
+    stages, max_widths = lite0_stage_blocks(), lite0_max_widths()
+    depths, widths, resolution = subnet["depths"], subnet["widths"], subnet["resolution"]
+    if not isinstance(depths, (list, tuple)) or len(depths) != len(stages):
+        raise ModelError(f"{where}['depths'] must be a list of {len(stages)} ints (one per stage), got {depths!r}")
+    for index, (depth, blocks) in enumerate(zip(depths, stages, strict=True)):
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= len(blocks):
+            raise ModelError(
+                f"{where}['depths'][{index}]={depth!r}: stage {index} has {len(blocks)} block(s); "
+                f"the depth must be an int from 1 to {len(blocks)}"
+            )
+    if not isinstance(widths, (list, tuple)) or len(widths) != len(max_widths):
+        raise ModelError(f"{where}['widths'] must be a list of {len(max_widths)} ints (one per block), got {widths!r}")
+    all_blocks = lite0_blocks()
+    for index, (width, full) in enumerate(zip(widths, max_widths, strict=True)):
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= full:
+            raise ModelError(
+                f"{where}['widths'][{index}]={width!r}: block {index} expands to {full} channels; "
+                f"the width must be an int from 1 to {full}"
+            )
+        if all_blocks[index][2] == 1 and width != full:
+            raise ModelError(f"{where}['widths'][{index}]={width}: block {index} has no expansion; it keeps {full}")
+    try:
+        check_image_size(resolution)
+    except ModelError as error:
+        raise ModelError(f"{where}['resolution']: {error}") from None
+
+
 def model_preprocessing(name: str) -> dict[str, list[float]]:
     """Input normalisation a model expects, on [0, 1] RGB: ``{"mean": [...], "std": [...]}``."""
     _check_name(name)
-    if name == "efficientnet_lite0":
+    if name in ("efficientnet_lite0", LITE0_SUBNET):
         return {"mean": list(LITE_MEAN), "std": list(LITE_STD)}
     return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
@@ -100,6 +163,7 @@ def build_model(
     image_size: int = 128,
     pretrained: bool | str | Path = False,
     arch: Mapping[str, Any] | None = None,
+    subnet: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build a model by name with a fresh ``num_classes`` head, from scratch or from local weights.
 
@@ -107,6 +171,7 @@ def build_model(
     shipped file for EfficientNet-Lite0); a path uses that file, a state dict or a trashlib
     checkpoint of the same architecture (its classifier is dropped). Nothing is downloaded.
     ``name="searched"`` needs ``arch`` (see ``build_searched``); no other name takes it.
+    ``name="lite0_subnet"`` needs ``subnet`` (see ``check_subnet``); its weights come from a saved sub-network.
     """
     _check_name(name)
     _check_num_classes(num_classes)
@@ -118,6 +183,18 @@ def build_model(
             f"arch= is required for model {SEARCHED!r} and refused for the others, "
             f"got name={name!r} with arch={'None' if arch is None else 'a dict'}"
         )
+    if (name == LITE0_SUBNET) != (subnet is not None):
+        raise ModelError(
+            f"subnet= is required for model {LITE0_SUBNET!r} and refused for the others, "
+            f"got name={name!r} with subnet={'None' if subnet is None else 'a dict'}"
+        )
+    if subnet is not None:
+        check_subnet(subnet)
+        if pretrained is not False:
+            raise ModelError(f"model {LITE0_SUBNET!r} takes its weights from a saved sub-network, not pretrained=")
+        lite = EfficientNetLite0(num_classes=num_classes, depths=subnet["depths"], widths=subnet["widths"])
+        _set_bn_momentum(lite, BN_MOMENTUM)
+        return lite
     if arch is not None:  # the searched model
         _check_arch_image_size(arch, image_size, where="arch")
         model: nn.Module = build_searched(arch, num_classes)
@@ -268,7 +345,17 @@ def check_image_size(image_size: int) -> int:
     return image_size
 
 
-SPEC_FIELDS: tuple[str, ...] = ("name", "num_classes", "class_names", "image_size", "mean", "std", "arch", "structure")
+SPEC_FIELDS: tuple[str, ...] = (
+    "name",
+    "num_classes",
+    "class_names",
+    "image_size",
+    "mean",
+    "std",
+    "arch",
+    "structure",
+    "subnet",
+)
 
 
 @dataclass(frozen=True)
@@ -286,6 +373,7 @@ class ModelSpec:
     arch: dict[str, Any] | None = None
     structure: dict[str, dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    subnet: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -308,6 +396,16 @@ class ModelSpec:
             raise ModelError(f"a {SEARCHED!r} spec needs its 'arch' dict")
         if self.name != SEARCHED and self.arch is not None:
             raise ModelError(f"an 'arch' dict is only for {SEARCHED!r} models, not {self.name!r}")
+        if self.name == LITE0_SUBNET and self.subnet is None:
+            raise ModelError(f"a {LITE0_SUBNET!r} spec needs its 'subnet' dict")
+        if self.name != LITE0_SUBNET and self.subnet is not None:
+            raise ModelError(f"a 'subnet' dict is only for {LITE0_SUBNET!r} models, not {self.name!r}")
+        if self.subnet is not None:
+            check_subnet(self.subnet, where="spec['subnet']")
+            if self.subnet["resolution"] != self.image_size:
+                raise ModelError(
+                    f"spec['subnet']['resolution']={self.subnet['resolution']} but image_size={self.image_size}"
+                )
         if self.arch is not None:
             check_arch(self.arch, where="spec['arch']")
             _check_arch_image_size(self.arch, self.image_size, where="spec['arch']")
@@ -318,9 +416,16 @@ class ModelSpec:
 
     @classmethod
     def create(
-        cls, name: str, class_names: Sequence[str], image_size: int, *, arch: Mapping[str, Any] | None = None
+        cls,
+        name: str,
+        class_names: Sequence[str],
+        image_size: int,
+        *,
+        arch: Mapping[str, Any] | None = None,
+        subnet: Mapping[str, Any] | None = None,
     ) -> ModelSpec:
-        """The spec of a model of the zoo (or ``"searched"`` with its ``arch``) with the normalisation it expects."""
+        """The spec of a model of the zoo (or ``"searched"`` with its ``arch``, ``"lite0_subnet"`` with its
+        ``subnet``) with the normalisation it expects."""
         norm = model_preprocessing(name)
         return cls(
             name,
@@ -329,6 +434,7 @@ class ModelSpec:
             _triple(norm["mean"]),
             _triple(norm["std"]),
             arch=_plain_copy(arch) if arch is not None else None,
+            subnet=_plain_copy(subnet) if subnet is not None else None,
         )
 
     @property
@@ -358,6 +464,8 @@ class ModelSpec:
             doc["arch"] = _plain_copy(self.arch)
         if self.structure is not None:
             doc["structure"] = _plain_copy(self.structure)
+        if self.subnet is not None:
+            doc["subnet"] = _plain_copy(self.subnet)
         return {**doc, **_plain_copy(self.extra)}
 
     @classmethod
@@ -371,7 +479,7 @@ class ModelSpec:
         names = doc["class_names"]
         if not isinstance(names, (list, tuple)) or len(names) != doc["num_classes"]:
             raise ModelError(f"{where}: class_names must be a list of num_classes={doc['num_classes']} names")
-        default = model_preprocessing(doc["name"]) if doc["name"] in (*MODEL_NAMES, SEARCHED) else {}
+        default = model_preprocessing(doc["name"]) if doc["name"] in KNOWN_NAMES else {}
         try:
             return cls(
                 doc["name"],
@@ -381,6 +489,7 @@ class ModelSpec:
                 doc.get("std", default.get("std", IMAGENET_STD)),
                 arch=doc.get("arch"),
                 structure=doc.get("structure"),
+                subnet=doc.get("subnet"),
                 extra={k: v for k, v in doc.items() if k not in SPEC_FIELDS},
             )
         except ModelError as error:
@@ -397,10 +506,8 @@ class LoadedModel(NamedTuple):
 def save_model(model: nn.Module, path: Path, spec: ModelSpec) -> Path:
     """Write ``{"format", "spec", "state_dict"}`` atomically to ``path``; return the path."""
     path = Path(path)
-    if spec.name not in MODEL_NAMES and spec.name != SEARCHED:
-        raise ModelError(
-            f"save_model spec: unknown model name {spec.name!r}; valid: {', '.join((*MODEL_NAMES, SEARCHED))}"
-        )
+    if spec.name not in KNOWN_NAMES:
+        raise ModelError(f"save_model spec: unknown model name {spec.name!r}; valid: {', '.join(KNOWN_NAMES)}")
     head = _head_features(model)
     if head is not None and head != spec.num_classes:
         raise ModelError(f"spec num_classes={spec.num_classes} but the model outputs {head} classes")
@@ -417,12 +524,14 @@ def load_model(path: Path, expect_class_names: Sequence[str] | None = None) -> L
     if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path} is not a trashlib model checkpoint (format {CHECKPOINT_FORMAT!r})")
     spec = ModelSpec.from_dict(checkpoint.get("spec"), where=str(path))
-    if spec.name not in MODEL_NAMES and spec.name != SEARCHED:
-        raise ModelError(f"{path}: unknown model name {spec.name!r}; valid: {', '.join((*MODEL_NAMES, SEARCHED))}")
+    if spec.name not in KNOWN_NAMES:
+        raise ModelError(f"{path}: unknown model name {spec.name!r}; valid: {', '.join(KNOWN_NAMES)}")
     if expect_class_names is not None and list(expect_class_names) != list(spec.class_names):
         raise ModelError(f"{path} was trained on classes {list(spec.class_names)}, expected {list(expect_class_names)}")
     try:
-        model = build_model(spec.name, spec.num_classes, spec.image_size, pretrained=False, arch=spec.arch)
+        model = build_model(
+            spec.name, spec.num_classes, spec.image_size, pretrained=False, arch=spec.arch, subnet=spec.subnet
+        )
         if spec.structure is not None:
             apply_structure(model, spec.structure)
     except ModelError as error:
@@ -605,9 +714,11 @@ class _TFSameConv2d(nn.Conv2d):
 class _MBConv(nn.Module):
     """EfficientNet-Lite inverted residual block (ReLU6, no squeeze-excitation)."""
 
-    def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int, drop_rate: float) -> None:
+    def __init__(
+        self, kernel: int, stride: int, expand: int, cin: int, cout: int, drop_rate: float, *, mid: int | None = None
+    ) -> None:
         super().__init__()
-        mid = cin * expand
+        mid = cin * expand if mid is None else mid
         self.expand = expand != 1
         if self.expand:
             self._expand_conv = _TFSameConv2d(cin, mid, 1)
@@ -631,19 +742,32 @@ class _MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with the parameter names of the shipped ImageNet weights."""
+    """EfficientNet-Lite0 with the parameter names of the shipped ImageNet weights; with ``depths`` (blocks kept
+    per stage, the first ones) and ``widths`` (each block's expansion width) a sub-network of it."""
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.2, drop_connect: float = 0.2) -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        dropout: float = 0.2,
+        drop_connect: float = 0.2,
+        *,
+        depths: Sequence[int] | None = None,
+        widths: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         self._conv_stem = _TFSameConv2d(3, 32, 3, 2)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
-        specs = [
-            (kernel, stride if i == 0 else 1, expand, cin if i == 0 else cout, cout)
-            for repeats, kernel, stride, expand, cin, cout in _LITE0_STAGES
-            for i in range(repeats)
+        all_specs = lite0_blocks()
+        kept = [
+            index
+            for stage, blocks in enumerate(lite0_stage_blocks())
+            for index in blocks[: depths[stage] if depths is not None else len(blocks)]
         ]
+        mids = [widths[index] if widths is not None else None for index in kept]
+        specs = [all_specs[index] for index in kept]
         self._blocks = nn.ModuleList(
-            _MBConv(*spec, drop_rate=drop_connect * index / len(specs)) for index, spec in enumerate(specs)
+            _MBConv(*spec, drop_rate=drop_connect * index / len(specs), mid=mid)
+            for index, (spec, mid) in enumerate(zip(specs, mids, strict=True))
         )
         self._conv_head = _TFSameConv2d(320, 1280, 1)
         self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
@@ -671,8 +795,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def _check_name(name: str) -> None:
-    if name not in MODEL_NAMES and name != SEARCHED:
-        raise ModelError(f"unknown model name {name!r}; valid names: {', '.join((*MODEL_NAMES, SEARCHED))}")
+    if name not in KNOWN_NAMES:
+        raise ModelError(f"unknown model name {name!r}; valid names: {', '.join(KNOWN_NAMES)}")
 
 
 def _check_num_classes(num_classes: Any) -> None:

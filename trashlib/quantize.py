@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trashlib.bench import measure_latency, torch_threads
 from trashlib.candidate import CandidateRecord, assess_candidate
 from trashlib.data import PrepareConfig, PreparedData
 from trashlib.files import atomic_write_bytes, atomic_write_json, sha256_file
@@ -659,3 +662,71 @@ def _qat_candidate(
     )
     run.write_metrics(f"deploy/{name}", dict(record), params)
     return _QatResult(qat, record)
+
+
+# --------------------------------------------------------------------------- deploy runtimes
+
+LATENCY_RUNTIMES: tuple[str, ...] = ("onnxruntime-int8", "onnxruntime-fp32", "torch-eager")
+DEFAULT_RUNTIME = "onnxruntime-int8"
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` when it is known and installed; otherwise a ``SupernetError`` naming it."""
+    if runtime not in LATENCY_RUNTIMES:
+        raise QuantizeError(f"runtime {runtime!r} is unknown; valid runtimes: {', '.join(LATENCY_RUNTIMES)}")
+    if runtime.startswith("onnxruntime") and (
+        importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None
+    ):
+        raise QuantizeError(f"runtime {runtime!r} needs the packages onnxruntime and onnx, which are not installed")
+    return runtime
+
+
+def deployed(
+    model: nn.Module,
+    spec: ModelSpec,
+    runtime: str,
+    *,
+    calibration: Sequence[torch.Tensor] | None = None,
+    threads: int = 1,
+) -> Callable[[np.ndarray], Any]:
+    """``model`` as it runs in ``runtime``: a callable on a float NCHW array (ONNX fp32 or static int8 in
+    onnxruntime, calibrated on ``calibration``; or eager torch)."""
+    check_runtime(runtime)
+    if runtime == "torch-eager":
+        model.eval()
+
+        def eager(x: np.ndarray) -> Any:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x))
+
+        return eager
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="trashlib-latency-") as tmp:
+        path = export_onnx(model.eval(), spec, Path(tmp) / "fp32.onnx")
+        if runtime == "onnxruntime-int8":
+            if not calibration:
+                raise QuantizeError("runtime 'onnxruntime-int8' needs calibration batches")
+            path = quantize_onnx_int8(path, Path(tmp) / "int8.onnx", calibration)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> Any:
+        return session.run(None, {name: x})
+
+    return run
+
+
+def time_deployed(
+    fn: Callable[[np.ndarray], Any], image_size: int, *, runs: int = 10, warmup: int = 3, threads: int = 1
+) -> float:
+    """Median batch-1 latency in ms of a ``deployed`` callable at ``image_size`` (torch set to ``threads`` threads
+    for the whole measurement; an onnxruntime session has its own)."""
+    x = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size)).astype(np.float32)
+    with torch_threads(threads):
+        return float(measure_latency(lambda: fn(x), warmup=warmup, runs=runs)["median_ms"])

@@ -351,3 +351,72 @@ def plot_candidates(
     named = set(front_names) | {n for n in (labels or ()) if n in where}
     label_points(ax, [(px, py, name) for px, py, name in points if name in named])
     return fig
+
+
+# --------------------------------------------------------------------------- once-for-all search
+
+
+def plot_fronts(
+    fronts: dict[str, list[tuple[float, float]]],
+    landmarks: dict[str, tuple[float, float]],
+    *,
+    runtime: str,
+    chosen: tuple[float, float] | None = None,
+) -> matplotlib.figure.Figure:
+    """Each search's points ``(latency_ms, f1)`` with its Pareto front joined, the ``landmarks`` (e.g. baseline and
+    teacher, timed in the same runtime) as stars, the chosen point ringed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for index, (name, points) in enumerate(fronts.items()):
+        if not points:
+            continue
+        arr = np.array(points, dtype=float).reshape(-1, 2)
+        color = f"C{index}"
+        ax.scatter(arr[:, 0], arr[:, 1], s=20, alpha=0.4, color=color, label=f"{name} ({len(arr)})")
+        front, best = [], -np.inf
+        for ms, f1 in sorted(points):
+            if f1 > best:
+                front.append((ms, f1))
+                best = f1
+        ax.plot(*zip(*front, strict=True), drawstyle="steps-post", marker="o", color=color, label=f"{name} front")
+    for index, (name, (ms, f1)) in enumerate(landmarks.items()):
+        ax.scatter([ms], [f1], marker="*", s=250, color=f"C{index + 4}", edgecolors="k", label=name)
+    if chosen is not None:
+        ax.scatter([chosen[0]], [chosen[1]], s=220, facecolors="none", edgecolors="C3", linewidths=2, label="chosen")
+    ax.set(xlabel=f"batch-1 latency (ms, {runtime})", ylabel="validation macro-F1", title="search fronts")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_channel_importances(importances: list[np.ndarray]) -> matplotlib.figure.Figure:
+    """Each expanding block's channel importances (L1 of its projection weights), sorted and scaled to the first."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    cmap = plt.get_cmap("viridis")
+    for index, scores in enumerate(importances):
+        if len(scores) == 0:
+            continue
+        ax.plot(np.linspace(0, 1, len(scores)), scores / scores[0], color=cmap(index / len(importances)), lw=1)
+    ax.set(
+        xlabel="channel rank (fraction of the block's expansion)",
+        ylabel="importance / most important",
+        title="expansion channels by importance, one line per block (dark: early)",
+    )
+    fig.tight_layout()
+    return fig
+
+
+def plot_latency_check(
+    quick_ms: list[float], careful_ms: list[float], tau: float, runtime: str
+) -> matplotlib.figure.Figure:
+    """Quick (search-time) against careful latency of the same sub-networks, with Kendall's tau."""
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.scatter(careful_ms, quick_ms, s=20)
+    low, high = min(*quick_ms, *careful_ms), max(*quick_ms, *careful_ms)
+    ax.plot([low, high], [low, high], color="grey", lw=1, ls="--")
+    ax.set(
+        xlabel=f"careful latency (ms, {runtime})",
+        ylabel="quick latency (ms, as the search measures it)",
+        title=f"{len(quick_ms)} random sub-networks: Kendall's tau {tau:.3f}",
+    )
+    fig.tight_layout()
+    return fig

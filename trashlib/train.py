@@ -46,6 +46,10 @@ MAX_ROTATION_DEGREES = 15.0
 RESUME_FREE_FIELDS = ("threads", "device")
 
 
+# A custom per-step loss: (model, augmented uint8 NCHW batch, targets, global step) -> loss
+StepLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
 class TrainError(ValueError):
     """Training could not start or resume; the message names the field or file."""
 
@@ -296,6 +300,7 @@ def train_model(
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     restart_other_runs: bool = False,
+    step_loss: StepLoss | None = None,
 ) -> TrainResult:
     """Train ``model`` in place, keep the best validation macro-F1 weights, return the result.
 
@@ -307,9 +312,14 @@ def train_model(
     A checkpoint written by a run with other settings or data is an error, unless
     ``restart_other_runs`` (what a notebook rerun with new parameters wants): then training
     starts afresh and overwrites it.
+    With ``step_loss`` each step's loss is ``step_loss(model, raw, targets, step)`` instead (``raw``: the augmented
+    uint8 NCHW batch, ``step``: the global step, so a resumed run draws what an uninterrupted one does); its
+    ``identity`` attribute, when present, is part of the checkpoint's run identity. It excludes ``teacher``.
     """
     if not isinstance(config, TrainConfig):
         raise TrainError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if step_loss is not None and teacher is not None:
+        raise TrainError("step_loss and teacher exclude each other: the step loss does its own distillation")
     train_x, train_y = train
     val_x, val_y = val
     _check_images("train images", train_x)
@@ -335,6 +345,7 @@ def train_model(
             progress=progress,
             on_epoch=on_epoch,
             restart_other_runs=restart_other_runs,
+            step_loss=step_loss,
         )
     finally:
         torch.set_num_threads(previous[0])
@@ -353,6 +364,7 @@ def _train(
     progress: bool,
     on_epoch: Callable[[int, dict[str, float]], None] | None,
     restart_other_runs: bool,
+    step_loss: StepLoss | None = None,
 ) -> TrainResult:
     started = time.perf_counter()
     (train_x, train_y), (val_x, val_y) = train, val
@@ -383,6 +395,7 @@ def _train(
         "distillation": teacher is not None,
         "initial_weights": weights_sha256(model),  # a retrained source or teacher must not resume stale
         "teacher_weights": None if teacher is None else weights_sha256(teacher),
+        **({"step_loss": getattr(step_loss, "identity", "custom")} if step_loss is not None else {}),
     }
     shuffle_gen = torch.Generator().manual_seed(config.seed)
     augment_gen = torch.Generator().manual_seed(config.seed + 1)
@@ -430,6 +443,15 @@ def _train(
                 raw = torch.from_numpy(train_x[index]).permute(0, 3, 1, 2)
                 raw = _augment(raw, augmentation, augment_gen)
                 targets = train_labels[index].to(device)
+                if step_loss is not None:
+                    loss = step_loss(model, raw, targets, state["epoch"] * steps_per_epoch + step)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    total_loss += loss.item()
+                    bar.update(1)
+                    continue
                 logits = model(_to_model_input(raw, config.image_size, config.mean, config.std).to(device))
                 loss = F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=config.label_smoothing)
                 if teacher is not None:
@@ -672,6 +694,8 @@ def _restore(
             changed.append("data")
         if stored["distillation"] != run_identity["distillation"]:
             changed.append("teacher")
+        if stored.get("step_loss") != run_identity.get("step_loss"):
+            changed.append("step loss")
         for key, what in (("initial_weights", "initial weights"), ("teacher_weights", "teacher weights")):
             if stored.get(key) != run_identity[key] and (key == "initial_weights" or "teacher" not in changed):
                 changed.append(what)

@@ -75,17 +75,19 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from trashlib import progress
-from trashlib.bench import count_macs, count_params, latency_for_model
+from trashlib.bench import count_macs, count_params, latency_for_model, torch_threads
 from trashlib.data import PreparedData
 from trashlib.files import atomic_write_json, atomic_write_text, read_json
 from trashlib.models import (
     SEARCH_OPS,
     SEARCHED,
     ModelError,
+    ModelSpec,
     build_model,
     check_arch,
     check_image_size,
 )
+from trashlib.quantize import LATENCY_RUNTIMES, calibration_batches, deployed, time_deployed
 from trashlib.train import TrainConfig, TrainError, seed_everything, train_model
 
 MODES: tuple[str, ...] = ("multi", "reward")
@@ -359,8 +361,11 @@ class SearchSettings:
     latency_warmup: int = 5
     latency_runs: int = 30
     train_seed: int = 0
+    runtime: str = "torch-eager"
 
     def __post_init__(self) -> None:
+        if self.runtime not in LATENCY_RUNTIMES:
+            raise TuneError(f"SearchSettings.runtime must be one of {list(LATENCY_RUNTIMES)}, got {self.runtime!r}")
         if not isinstance(self.space, SearchSpace):
             raise TuneError(f"SearchSettings.space must be a SearchSpace, got {type(self.space).__name__}")
         if self.mode not in MODES:
@@ -465,17 +470,28 @@ def evaluate_trial(
     latency_warmup: int = 5,
     latency_runs: int = 30,
     on_epoch: Callable[[int, float, float], None] | None = None,
+    runtime: str = "torch-eager",
 ) -> TrialResult:
-    """Build ``arch``, time its batch-1 latency at its own input size with ``threads`` threads,
-    then train it; ``on_epoch(epoch, val_f1, latency_ms)`` runs after every epoch and may raise
-    (``optuna.TrialPruned``) to stop. Returns the best validation macro-F1 and the latency."""
+    """Build ``arch``, time its batch-1 latency at its own input size with ``threads`` threads in ``runtime``
+    (eager torch, or exported to ONNX in onnxruntime, int8 calibrated on 32 training crops), then train it;
+    ``on_epoch(epoch, val_f1, latency_ms)`` runs after every epoch and may raise (``optuna.TrialPruned``) to stop.
+    Returns the best validation macro-F1 and the latency."""
     seed_everything(seed)
     model = build_model(SEARCHED, num_classes, arch.image_size, arch=arch.to_dict())
-    latency_ms = float(
-        latency_for_model(
-            model, arch.image_size, batch_size=1, threads=threads, warmup=latency_warmup, runs=latency_runs
-        )["median_ms"]
-    )
+    if runtime == "torch-eager":
+        latency_ms = float(
+            latency_for_model(
+                model, arch.image_size, batch_size=1, threads=threads, warmup=latency_warmup, runs=latency_runs
+            )["median_ms"]
+        )
+    else:
+        spec = ModelSpec.create(
+            SEARCHED, [f"class{i}" for i in range(num_classes)], arch.image_size, arch=arch.to_dict()
+        )
+        calibration = calibration_batches(train[0], spec, batch_size=32, max_images=32)
+        with torch_threads(threads):
+            fn = deployed(model, spec, runtime, calibration=calibration, threads=threads)
+        latency_ms = time_deployed(fn, arch.image_size, runs=latency_runs, warmup=latency_warmup, threads=threads)
     macs = count_macs(model, arch.image_size)
     config = arch_train_config(arch, epochs, batch_size=batch_size, seed=seed, threads=threads)
     result = train_model(
@@ -536,6 +552,7 @@ def _objective(trial: optuna.Trial, data: SearchData, settings: SearchSettings) 
         latency_warmup=settings.latency_warmup,
         latency_runs=settings.latency_runs,
         on_epoch=reporter,
+        runtime=settings.runtime,
     )
     reward = mnasnet_reward(result.val_f1, result.latency_ms, settings.target_ms, settings.reward_w)
     trial.set_user_attr("result", {**result.to_dict(), "reward": reward})

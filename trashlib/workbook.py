@@ -122,9 +122,19 @@ PARAMETER_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
             "synthetic_images",
             "layers_max",
             "iterative_steps",
+            "supernet_epochs",
+            "recalibration_crops",
+            "ofa_trials",
+            "ofa_latency_runs",
+            "latency_check_runs",
+            "ofa_finetune_epochs",
+            "ofa_min_depth",
         ),
         _AT_LEAST_1,
     ),
+    **dict.fromkeys(("supernet_crops", "supernet_random"), _AT_LEAST_0),
+    "latency_check_n": (3, None, False, False),
+    "ofa_expand_ratios": (1, 6, False, False),
     **dict.fromkeys(
         ("teacher_epochs", "top_n", "qat_epochs", "seed", "weight_decay", "margin", "qat_max_drop", "patience"),
         _AT_LEAST_0,
@@ -134,6 +144,8 @@ PARAMETER_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
             "lr",
             "teacher_lr",
             "finetune_lr",
+            "supernet_lr",
+            "ofa_finetune_lr",
             "target_ms",
             "distill_temperature",
             "min_speedup",
@@ -142,13 +154,26 @@ PARAMETER_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
         ),
         _POSITIVE,
     ),
-    **dict.fromkeys(("augment", "distill_alpha", "max_f1_drop"), _FRACTION),
+    **dict.fromkeys(("augment", "supernet_augment", "distill_alpha", "max_f1_drop"), _FRACTION),
     **dict.fromkeys(("prune_ratios", "split_fractions"), _OPEN_FRACTION),
     "cache_side": (32, None, False, False),
     "energy": (0, 1, True, False),
     "label_smoothing": (0, 1, False, True),
 }
-_SIZES = ("image_size", "teacher_image_size", "image_sizes")
+_SIZES = ("image_size", "teacher_image_size", "image_sizes", "ofa_resolutions")
+
+
+# string parameters with a fixed set of values (the runtimes are those of trashlib.quantize.LATENCY_RUNTIMES)
+PARAMETER_CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": ("ofa", "mnasnet"),
+    "mnasnet_objective": ("multi", "reward"),
+    "runtime": ("onnxruntime-int8", "onnxruntime-fp32", "torch-eager"),
+}
+
+
+def _check_choice(key: str, value: Any, where: str) -> None:
+    if key in PARAMETER_CHOICES and value not in PARAMETER_CHOICES[key]:
+        raise ParameterError(f"parameter {key}={value!r} ({where}): choose one of {list(PARAMETER_CHOICES[key])}")
 
 
 def _check_range(key: str, value: Any, where: str) -> None:
@@ -208,6 +233,7 @@ def resolve_parameters(
         out[stem] = {**defaults, **{k: _check_type(k, v, defaults[k], stem) for k, v in merged.items()}}
         for key, value in out[stem].items():
             _check_range(key, value, stem)
+            _check_choice(key, value, stem)
     return out
 
 

@@ -17,19 +17,46 @@
 # ---
 
 # %% [markdown]
-# # 02 · Optuna search: an architecture for the latency budget
+# # 02 · Search: an architecture for the latency budget, timed in the runtime that ships
 #
-# Decides which network to train: an Optuna search over MnasNet's factorized space (per-block operation, kernel,
-# squeeze-and-excitation, layers and width; input size, width multiplier, lr, weight decay, augmentation) that
-# maximizes validation macro-F1 and minimizes batch-1 latency measured on this CPU. The chosen architecture is
-# retrained with the full epoch budget and assessed on the test split like the baseline.
-# Reads `data/` and, when present, `baseline/baseline/metrics.json`; writes the study `search/journal.log`, the
-# chosen config `search/chosen.json` (and `.yaml`), and the candidate `search/searched/model.pt` + `metrics.json`.
+# Two modes (`mode`):
+# - **`ofa`** (once-for-all, the default): the ImageNet-pretrained EfficientNet-Lite0 (the run's fine-tuned
+#   teacher when notebook 01 made one) becomes an elastic supernet: depth per stage (the first k blocks), expansion
+#   width per block (channels ranked by importance, so a narrower block is a prefix) and input resolution. It is
+#   fine-tuned once with the sandwich rule (largest, smallest and random sub-networks each step, the others
+#   distilled from the largest). Any sub-network is then scored without retraining (BatchNorm recalibrated on a
+#   few hundred training crops, validation macro-F1) and timed in the deploy runtime (`runtime`, onnxruntime int8
+#   by default); an NSGA-II study searches the front, and the pick gets a short distilled fine-tune.
+# - **`mnasnet`**: the from-scratch search over MnasNet's factorized space (each trial trains a network; latency in
+#   eager PyTorch), as before.
+#
+# Either way the chosen model is saved as the candidate `search/searched/` that notebooks 03 to 05 treat like any
+# other. Reads `data/` and, when present, `baseline/`; writes `search/` (the study journal, `supernet.pt`,
+# `ofa.json`, the candidate).
 
 # %% tags=["parameters"]
 run_dir = "../runs/scratch"
 data = "synthetic"
-mode = "multi"  # "multi": Pareto front of val F1 and latency; "reward": MnasNet's F1 * (latency / target_ms) ** -0.07
+mode = "ofa"  # "ofa": once-for-all search on the pretrained EfficientNet-Lite0; "mnasnet": from-scratch MnasNet search
+runtime = "onnxruntime-int8"  # the deploy runtime the OFA latency objective is measured in
+ofa_resolutions = [64, 96]
+ofa_expand_ratios = [3, 4, 6]
+ofa_min_depth = 1
+supernet_epochs = 1
+supernet_lr = 0.001
+supernet_random = 1  # random sub-networks per step besides the largest and the smallest
+supernet_augment = 0.3
+supernet_crops = 48  # training crops the supernet trains on (0: all of them; the pick's fine-tune uses all)
+recalibration_crops = 64
+ofa_trials = 6
+ofa_latency_runs = 10
+latency_check_n = 4  # random sub-networks of the quick-versus-careful latency check (>= 30 outside smoke runs)
+latency_check_runs = 20
+ofa_finetune_epochs = 2
+ofa_finetune_lr = 0.0005
+mnasnet_objective = (
+    "multi"  # "multi": Pareto front of val F1 and latency; "reward": MnasNet's F1 * (latency / target_ms) ** -0.07
+)
 n_trials = 4  # trials the study holds when this notebook is done (a rerun runs only the missing ones)
 trial_epochs = 1
 final_epochs = 10
@@ -46,6 +73,9 @@ study_name = "search"
 storage_url = ""  # "" keeps the study in the run's journal file; or a database URL shared with tune-worker processes
 
 # %%
+import time
+
+import numpy as np
 import optuna
 import pandas as pd
 from IPython.display import display
@@ -53,10 +83,32 @@ from optuna.trial import TrialState
 
 from trashlib import formats, report
 from trashlib.candidate import assess_candidate, check_above_chance, load_candidate, save_candidate
-from trashlib.models import ModelSpec, build_model
+from trashlib.files import atomic_write_json
+from trashlib.models import EfficientNetLite0, ModelSpec, build_model, weights_sha256
+from trashlib.quantize import calibration_batches
 from trashlib.run import open_run
-from trashlib.train import seed_everything, train_model
+from trashlib.supernet import (
+    ElasticLite0,
+    OfaSpace,
+    SubnetConfig,
+    SubnetEvaluator,
+    check_runtime,
+    deployed,
+    front_trials,
+    latency_check,
+    mnasnet_studies,
+    open_ofa_study,
+    pick_front,
+    recalibration_images,
+    run_ofa_search,
+    save_supernet,
+    subnet_spec,
+    time_deployed,
+    train_supernet,
+)
+from trashlib.train import TrainConfig, evaluate, seed_everything, train_model
 from trashlib.tune import (
+    SETTINGS_ATTR,
     SearchData,
     SearchSettings,
     SearchSpace,
@@ -75,11 +127,30 @@ from trashlib.tune import (
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # no log line per trial: the search cell prints a summary
+assert mode in ("ofa", "mnasnet"), f"mode must be 'ofa' or 'mnasnet', got {mode!r}"
+check_runtime(runtime)
 run = open_run(run_dir)
 dataset = run.prepared(data)
 train, val = dataset.split("train"), dataset.split("val")
 params = dict(
     mode=mode,
+    runtime=runtime,
+    ofa_resolutions=ofa_resolutions,
+    ofa_expand_ratios=ofa_expand_ratios,
+    ofa_min_depth=ofa_min_depth,
+    supernet_epochs=supernet_epochs,
+    supernet_lr=supernet_lr,
+    supernet_random=supernet_random,
+    supernet_augment=supernet_augment,
+    supernet_crops=supernet_crops,
+    recalibration_crops=recalibration_crops,
+    ofa_trials=ofa_trials,
+    ofa_latency_runs=ofa_latency_runs,
+    latency_check_n=latency_check_n,
+    latency_check_runs=latency_check_runs,
+    ofa_finetune_epochs=ofa_finetune_epochs,
+    ofa_finetune_lr=ofa_finetune_lr,
+    mnasnet_objective=mnasnet_objective,
     n_trials=n_trials,
     trial_epochs=trial_epochs,
     final_epochs=final_epochs,
@@ -95,24 +166,13 @@ params = dict(
     storage_url=storage_url,
     device=device,
 )
-space = SearchSpace(image_sizes=image_sizes, width_mults=width_mults, layers_max=layers_max)
-settings = SearchSettings(
-    space=space,
-    mode=mode,
-    epochs=trial_epochs,
-    batch_size=batch_size,
-    threads=threads,
-    target_ms=target_ms,
-    latency_runs=latency_runs,
-    train_seed=seed,
-)
 storage = storage_url or journal_path(run.run_dir)
-study_key = study_name if storage_url else settings_study_name(study_name, settings)
 saved = load_candidate(run, "baseline", "baseline")
 baseline = saved.record if saved else None
+teacher_saved = load_candidate(run, "baseline", "teacher")
 ref_f1, ref_ms = (baseline["f1_test"], baseline["latency_b1_ms"]) if baseline else (None, None)
 print(
-    f"{len(train[1])} train / {len(val[1])} val crops, classes {dataset.classes}; baseline: "
+    f"mode {mode}; {len(train[1])} train / {len(val[1])} val crops, classes {dataset.classes}; baseline: "
     + (
         f"{baseline['model']}, test F1 {ref_f1:.3f}, {ref_ms:.2f} ms"
         if baseline
@@ -121,9 +181,255 @@ print(
 )
 
 # %% [markdown]
-# ## The search
+# ## OFA 1 · The supernet, fine-tuned once with the sandwich rule
+# Built on the run's fine-tuned EfficientNet-Lite0 teacher when notebook 01 made one (a whole, unpruned Lite0), else
+# on the ImageNet weights with a fresh head. Each block's expansion channels are sorted by importance (L1 norm of
+# their projection weights) before training, so every narrower width is a prefix. Each step trains the largest
+# sub-network on the labels and the smallest plus `supernet_random` random ones distilled from the largest's
+# logits, each at its own resolution; validation (and the best-epoch pick) uses the largest. The epoch checkpoint
+# `search/supernet_checkpoint.pt` resumes an interrupted run; `search/supernet.pt` is the result, with its class
+# list (a supernet of another class list is refused).
+
+# %%
+space = OfaSpace(resolutions=tuple(ofa_resolutions), expand_ratios=tuple(ofa_expand_ratios), min_depth=ofa_min_depth)
+largest = space.largest()
+supernet_seconds = 0.0
+if mode == "ofa":
+    seed_everything(seed)
+    source_net = teacher_saved.model if teacher_saved is not None else None
+    if isinstance(source_net, EfficientNetLite0) and teacher_saved.spec.structure is None:
+        supernet, importances = ElasticLite0.from_network(source_net, dataset.classes)
+        supernet_source = "the run's fine-tuned teacher"
+    else:
+        supernet, importances = ElasticLite0.pretrained(dataset.classes)
+        supernet_source = "ImageNet weights"
+    supernet_config = TrainConfig.for_spec(
+        subnet_spec(largest, dataset.classes),
+        epochs=supernet_epochs,
+        lr=supernet_lr,
+        batch_size=batch_size,
+        augment=supernet_augment,
+        seed=seed,
+        threads=threads,
+        device=device,
+    )
+    supernet_train = train if not supernet_crops else tuple(part[:supernet_crops] for part in train)
+    supernet_result = train_supernet(
+        supernet,
+        supernet_train,
+        val,
+        space=space,
+        config=supernet_config,
+        checkpoint_path=run.path("search", "supernet_checkpoint.pt"),
+        n_random=supernet_random,
+        restart_other_runs=True,
+    )
+    supernet_seconds = sum(row["epoch_seconds"] for row in supernet_result.history)
+    save_supernet(supernet, run.path("search", "supernet.pt"), extra={"space": space.to_dict()})
+    supernet.eval()
+    fig = report.plot_training(supernet_result.history, "supernet (largest sub-network)")
+    print(
+        f"supernet from {supernet_source}: {supernet_result.epochs_run} epochs in {supernet_seconds:.0f} s, "
+        f"largest sub-network val F1 {supernet_result.best_val_f1:.3f}"
+    )
+
+# %% [markdown]
+# ## OFA 2 · Channel importances
+# Each expanding block's channels in importance order (scaled to its most important one): a steep curve means a
+# narrow width keeps most of what the block computes.
+
+# %%
+if mode == "ofa":
+    fig = report.plot_channel_importances(importances)
+
+# %% [markdown]
+# ## OFA 3 · Is the quick latency a faithful ranking?
+# The search times each sub-network quickly (export to ONNX, int8 calibration on 32 crops, `ofa_latency_runs`
+# calls at batch 1 with `threads` threads). Here `latency_check_n` random sub-networks are timed that way and then
+# carefully (3 interleaved rounds of `latency_check_runs` calls, median of the round medians): Kendall's tau
+# between the two rankings says how far the search can trust its latency objective.
+
+# %%
+if mode == "ofa":
+    recalibration = recalibration_images(train[0], recalibration_crops, seed=seed)
+    check = latency_check(
+        supernet,
+        space,
+        recalibration,
+        n=latency_check_n,
+        runtime=runtime,
+        quick_runs=ofa_latency_runs,
+        careful_runs=latency_check_runs,
+        threads=threads,
+        seed=seed,
+    )
+    fig = report.plot_latency_check(check.quick_ms, check.careful_ms, check.tau, runtime)
+    print(f"{latency_check_n} sub-networks, Kendall's tau {check.tau:.3f} ({check.seconds:.0f} s)")
+
+# %% [markdown]
+# ## OFA 4 · The search
+# NSGA-II over depths, expand ratios and resolution, two objectives: validation macro-F1 after BatchNorm
+# recalibration on `recalibration_crops` training crops (up) and batch-1 latency in `runtime` (down). The study
+# lives in the same storage as the MnasNet search (the run's journal, or `storage_url`), under a name that carries
+# the space, runtime and the supernet's weights, so a rerun resumes it and a retrained supernet gets a study of its
+# own.
+
+# %%
+if mode == "ofa":
+    evaluator = SubnetEvaluator(
+        supernet, recalibration, val, runtime=runtime, threads=threads, latency_runs=ofa_latency_runs
+    )
+    ofa_key = f"{study_name}-ofa-{weights_sha256(supernet)[:8]}-{runtime}"
+    ofa_study = open_ofa_study(storage, ofa_key, space, runtime, seed=seed)
+    started = time.perf_counter()
+    ofa_study = run_ofa_search(ofa_study, evaluator, space, n_trials=ofa_trials)
+    ofa_complete = [t for t in ofa_study.trials if t.state == TrialState.COMPLETE]
+    trial_seconds = [t.user_attrs["seconds"] for t in ofa_complete]
+    per_hour = 3600 * len(trial_seconds) / sum(trial_seconds)
+    ofa_importances = param_importances(ofa_study, min_trials=3, seed=seed)
+    if ofa_importances:  # which elastic choices move F1 and latency (fANOVA over the trials)
+        fig = report.plot_importances(ofa_importances)
+    print(
+        f"study {ofa_key!r}: {len(ofa_complete)} sub-networks scored, {np.mean(trial_seconds):.1f} s each "
+        f"({per_hour:.0f} per hour)"
+    )
+
+# %% [markdown]
+# ## OFA 5 · Fronts against the baseline and the teacher, in the deploy runtime
+# The baseline and the teacher of notebook 01 are scored the same way: validation macro-F1 and the careful batch-1
+# latency in `runtime`. When the run's journal also holds a MnasNet study, its trials are drawn too (with the
+# latency in the runtime that study was made with, shown in the legend).
+
+# %%
+landmarks: dict[str, tuple[float, float]] = {}
+landmark_rows = []
+if mode == "ofa":
+    for label, found in (("baseline", saved), ("teacher", teacher_saved)):
+        if found is None:
+            continue
+        model_l, spec_l = found.model, found.spec
+        f1_l = evaluate(model_l, *val, dataset.classes, spec_l.image_size, normalization=spec_l.normalization)[
+            "macro_f1"
+        ]
+        calib = calibration_batches(recalibration, spec_l, batch_size=32, max_images=32)
+        fn = deployed(model_l, spec_l, runtime, calibration=calib, threads=threads)
+        ms = float(
+            np.median(
+                [time_deployed(fn, spec_l.image_size, runs=latency_check_runs, threads=threads) for _ in range(3)]
+            )
+        )
+        landmarks[f"{label} ({spec_l.name}, {runtime})"] = (ms, f1_l)
+        landmark_rows.append({"model": label, "name": spec_l.name, "val_f1": f1_l, f"{runtime}_ms": ms})
+    fronts = {"OFA sub-networks": [(t.values[1], t.values[0]) for t in ofa_complete]}
+    for other in mnasnet_studies(storage, study_name):  # a MnasNet search run earlier in this run directory
+        done = [t for t in other.trials if t.state == TrialState.COMPLETE and len(t.values) == 2]
+        other_runtime = other.user_attrs.get(SETTINGS_ATTR, {}).get("runtime", "torch-eager")
+        fronts[f"MnasNet trials ({other_runtime} ms) {other.study_name}"] = [
+            (trial_objectives(t).latency_ms, trial_objectives(t).val_f1) for t in done
+        ]
+    ofa_front = front_trials(ofa_study)
+    if landmarks:
+        f1_ref_ofa, ms_ref_ofa = min(landmarks.values(), key=lambda p: -p[1])[1], max(p[0] for p in landmarks.values())
+    else:
+        f1_ref_ofa = max(t.values[0] for t in ofa_front)
+        ms_ref_ofa = max(t.values[1] for t in ofa_front)
+    picked_trial = pick_front(ofa_front, f1_ref_ofa, ms_ref_ofa)[0]
+    chosen_config = SubnetConfig.from_dict(picked_trial.user_attrs["subnet"])
+    fig = report.plot_fronts(
+        fronts, landmarks, runtime=runtime, chosen=(picked_trial.values[1], picked_trial.values[0])
+    )
+    if landmark_rows:
+        display(formats.format_table(pd.DataFrame(landmark_rows)))
+    front_table = pd.DataFrame(
+        [
+            {
+                "trial": t.number,
+                "val_f1": t.values[0],
+                f"{runtime}_ms": t.values[1],
+                "macs": t.user_attrs["macs"],
+                "resolution": t.user_attrs["subnet"]["resolution"],
+                "depths": t.user_attrs["subnet"]["depths"],
+            }
+            for t in ofa_front
+        ]
+    )
+    display(formats.format_table(front_table))
+
+# %% [markdown]
+# ## OFA 6 · The chosen sub-network, block by block, and its short distilled fine-tune
+# Picked on the front with the competition-style score against the best landmark's validation F1 and the slowest
+# landmark's latency (`0.5 * ms / ms_ref + sigmoid(20 * (f1_ref - f1))`). It is extracted, recalibrated and
+# fine-tuned for `ofa_finetune_epochs` epochs, distilled from the largest sub-network; the checkpoint
+# `search/checkpoint.pt` resumes an interrupted run.
+
+# %%
+if mode == "ofa":
+    display(pd.DataFrame(chosen_config.describe()))
+    spec = subnet_spec(chosen_config, dataset.classes)
+    teacher_spec = subnet_spec(largest, dataset.classes)
+    student = evaluator.subnet(chosen_config)
+    ofa_teacher = evaluator.subnet(largest)
+    config = TrainConfig.for_spec(
+        spec,
+        teacher=teacher_spec,
+        epochs=ofa_finetune_epochs,
+        lr=ofa_finetune_lr,
+        batch_size=batch_size,
+        augment=supernet_augment,
+        seed=seed,
+        threads=threads,
+        device=device,
+    )
+    seed_everything(seed)
+    result = train_model(
+        student,
+        train,
+        val,
+        config,
+        teacher=ofa_teacher,
+        checkpoint_path=run.path("search", "checkpoint.pt"),
+        restart_other_runs=True,
+    )
+    fig = report.plot_training(result.history, f"chosen sub-network (trial {picked_trial.number})")
+    print(
+        f"trial {picked_trial.number}: val F1 {picked_trial.values[0]:.3f} before, {result.best_val_f1:.3f} after "
+        f"the fine-tune; {picked_trial.values[1]:.2f} ms in {runtime}"
+    )
+    ofa_info = {
+        "runtime": runtime,
+        "supernet_source": supernet_source,
+        "supernet_seconds": supernet_seconds,
+        "supernet_epochs": supernet_result.epochs_run,
+        "study": ofa_key,
+        "trials": len(ofa_complete),
+        "subnets_per_hour": per_hour,
+        "latency_check": {
+            "n": latency_check_n,
+            "tau": check.tau,
+            "quick_ms": check.quick_ms,
+            "careful_ms": check.careful_ms,
+            "seconds": check.seconds,
+        },
+        "front": [
+            {
+                "trial": t.number,
+                "val_f1": t.values[0],
+                "latency_ms": t.values[1],
+                "macs": t.user_attrs["macs"],
+                "subnet": t.user_attrs["subnet"],
+            }
+            for t in ofa_front
+        ],
+        "landmarks": landmark_rows,
+        "chosen": {"trial": picked_trial.number, "subnet": chosen_config.to_dict()},
+    }
+    atomic_write_json(run.path("search", "ofa.json"), ofa_info)
+
+# %% [markdown]
+# ## MnasNet · The search
 # Every trial samples an architecture and its training knobs, times its batch-1 latency at its own input size
-# with `threads` threads, trains it for `trial_epochs` epochs and reports the best validation macro-F1.
+# with `threads` threads in `runtime` (exported to ONNX and quantized for onnxruntime int8, the default), trains
+# it for `trial_epochs` epochs and reports the best validation macro-F1.
 # The sampler is multivariate TPE with constant liar (safe for parallel workers).
 #
 # **Resuming.** The study lives in the journal file `search/journal.log` under the name
@@ -137,54 +443,71 @@ print(
 # workers until the study holds `n_trials`, and analyses them all.
 
 # %%
-study, settings = open_search(storage, study_key, None if storage_url else settings)  # a shared study keeps its own
-before = len(study.trials)
-study = run_search(
-    storage,
-    study_key,
-    SearchData.from_prepared(dataset),
-    settings,
-    n_trials=n_trials,
-    max_trials=n_trials,
-    seed=seed + before,
-)
-trials = study.get_trials()
-complete = [t for t in trials if t.state == TrialState.COMPLETE]
-print(
-    f"study {study_key!r} in {storage}: ran {len(trials) - before} trials now; "
-    f"{len(complete)} of {len(trials)} complete"
-)
+if mode == "mnasnet":
+    mnasnet_space = SearchSpace(image_sizes=image_sizes, width_mults=width_mults, layers_max=layers_max)
+    settings = SearchSettings(
+        space=mnasnet_space,
+        mode=mnasnet_objective,
+        epochs=trial_epochs,
+        batch_size=batch_size,
+        threads=threads,
+        target_ms=target_ms,
+        latency_runs=latency_runs,
+        train_seed=seed,
+        runtime=runtime,
+    )
+    study_key = study_name if storage_url else settings_study_name(study_name, settings)
+    study, settings = open_search(storage, study_key, None if storage_url else settings)  # a shared study keeps its own
+    before = len(study.trials)
+    study = run_search(
+        storage,
+        study_key,
+        SearchData.from_prepared(dataset),
+        settings,
+        n_trials=n_trials,
+        max_trials=n_trials,
+        seed=seed + before,
+    )
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    print(
+        f"study {study_key!r} in {storage}: ran {len(trials) - before} trials now; "
+        f"{len(complete)} of {len(trials)} complete"
+    )
 
 # %% [markdown]
-# ## Pareto front: validation macro-F1 against measured latency
+# ## MnasNet · Pareto front: validation macro-F1 against measured latency
 # Every completed trial, the non-dominated ones joined. The star is the baseline of notebook 01: its **test**
 # macro-F1 (trials show validation F1) and its batch-1 latency measured when notebook 01 ran, so it is a
 # landmark, not an exact comparison.
 
 # %%
-fig = report.plot_pareto(trials, baseline=baseline)
+if mode == "mnasnet":
+    fig = report.plot_pareto(trials, baseline=baseline)
 
 # %% [markdown]
-# ## Parameter importances, per objective
+# ## MnasNet · Parameter importances, per objective
 # fANOVA (a random forest's variance decomposition, seeded) over the completed trials; parameters with a single
 # choice in the space score 0. With few trials this is a hint, and it needs at least 3 completed trials.
 
 # %%
-importances = param_importances(study, min_trials=3, seed=seed)
-if importances:
-    fig = report.plot_importances(importances)
-else:
-    print(f"only {len(complete)} completed trial(s): parameter importances need at least 3")
+if mode == "mnasnet":
+    importances = param_importances(study, min_trials=3, seed=seed)
+    if importances:
+        fig = report.plot_importances(importances)
+    else:
+        print(f"only {len(complete)} completed trial(s): parameter importances need at least 3")
 
 # %% [markdown]
-# ## Optimization history
+# ## MnasNet · Optimization history
 # Each trial's objective values in order, and the best so far.
 
 # %%
-fig = report.plot_history(study)
+if mode == "mnasnet":
+    fig = report.plot_history(study)
 
 # %% [markdown]
-# ## The pick rule
+# ## MnasNet · The pick rule
 # Among the completed trials **on the Pareto front**, take the one with the lowest competition-style score
 #
 #     score = 0.5 * latency_ms / latency_ref_ms + sigmoid(20 * (f1_ref - val_f1))      # lower is better
@@ -196,33 +519,35 @@ fig = report.plot_history(study)
 # competition does; the score is monotone in both, so the lowest score is always on the front.
 
 # %%
-f1_ref, latency_ref = pick_reference(trials, ref_f1, ref_ms)
-chosen = pick_trial(trials, ref_f1, ref_ms)
-arch = trial_arch(chosen)
-save_arch(arch, run.path("search"), "chosen")
-display(formats.format_table(report.trial_table(trials, f1_ref, latency_ref).query("pareto")))
-picked = trial_objectives(chosen)
-print(
-    f"reference: F1 {f1_ref:.3f}, {latency_ref:.2f} ms ({'baseline' if baseline else 'best trial'}); chosen: "
-    f"trial {chosen.number}, val F1 {picked.val_f1:.3f}, {picked.latency_ms:.2f} ms, "
-    f"input {arch.image_size} px, blocks {[(b.op, b.kernel, b.layers, b.channels) for b in arch.blocks]}"
-)
+if mode == "mnasnet":
+    f1_ref, latency_ref = pick_reference(trials, ref_f1, ref_ms)
+    chosen = pick_trial(trials, ref_f1, ref_ms)
+    arch = trial_arch(chosen)
+    save_arch(arch, run.path("search"), "chosen")
+    display(formats.format_table(report.trial_table(trials, f1_ref, latency_ref).query("pareto")))
+    picked = trial_objectives(chosen)
+    print(
+        f"reference: F1 {f1_ref:.3f}, {latency_ref:.2f} ms ({'baseline' if baseline else 'best trial'}); chosen: "
+        f"trial {chosen.number}, val F1 {picked.val_f1:.3f}, {picked.latency_ms:.2f} ms, "
+        f"input {arch.image_size} px, blocks {[(b.op, b.kernel, b.layers, b.channels) for b in arch.blocks]}"
+    )
 
 # %% [markdown]
-# ## Retrain the chosen architecture with the full budget
+# ## MnasNet · Retrain the chosen architecture with the full budget
 # Its own input size, lr, weight decay and augmentation, `final_epochs` epochs, ImageNet normalisation (as
 # MnasNet); the checkpoint `search/checkpoint.pt` resumes an interrupted run (other parameters start afresh).
 
 # %%
-spec = ModelSpec.create("searched", dataset.classes, arch.image_size, arch=arch.to_dict())
-config = arch_train_config(arch, final_epochs, batch_size=batch_size, seed=seed, threads=threads, device=device)
-seed_everything(seed)
-model = build_model(spec.name, spec.num_classes, arch.image_size, arch=spec.arch)
-result = train_model(
-    model, train, val, config, checkpoint_path=run.path("search", "checkpoint.pt"), restart_other_runs=True
-)
-fig = report.plot_training(result.history, f"searched (trial {chosen.number})")
-print(f"best validation macro-F1 {result.best_val_f1:.3f} at epoch {result.best_epoch}, {result.seconds:.0f} s")
+if mode == "mnasnet":
+    spec = ModelSpec.create("searched", dataset.classes, arch.image_size, arch=arch.to_dict())
+    config = arch_train_config(arch, final_epochs, batch_size=batch_size, seed=seed, threads=threads, device=device)
+    seed_everything(seed)
+    model = build_model(spec.name, spec.num_classes, arch.image_size, arch=spec.arch)
+    result = train_model(
+        model, train, val, config, checkpoint_path=run.path("search", "checkpoint.pt"), restart_other_runs=True
+    )
+    fig = report.plot_training(result.history, f"searched (trial {chosen.number})")
+    print(f"best validation macro-F1 {result.best_val_f1:.3f} at epoch {result.best_epoch}, {result.seconds:.0f} s")
 
 # %% [markdown]
 # ## Test-split quality and cost
@@ -233,18 +558,35 @@ print(f"best validation macro-F1 {result.best_val_f1:.3f} at epoch {result.best_
 searched = assess_candidate(
     "searched", result.model, spec, dataset, threads=threads, baseline=baseline, latency_runs=latency_runs
 )
-search_info = {
-    "study": study_key,
-    "storage": str(storage),
-    "trials": len(trials),
-    "complete": len(complete),
-    "trial": chosen.number,
-    "trial_val_f1": picked.val_f1,
-    "trial_latency_ms": picked.latency_ms,
-    "pick_f1_ref": f1_ref,
-    "pick_latency_ref_ms": latency_ref,
-    "pick_reference": "baseline" if baseline else "best trial",
-}
+if mode == "mnasnet":
+    search_info = {
+        "mode": mode,
+        "study": study_key,
+        "storage": str(storage),
+        "trials": len(trials),
+        "complete": len(complete),
+        "trial": chosen.number,
+        "trial_val_f1": picked.val_f1,
+        "trial_latency_ms": picked.latency_ms,
+        "pick_f1_ref": f1_ref,
+        "pick_latency_ref_ms": latency_ref,
+        "pick_reference": "baseline" if baseline else "best trial",
+    }
+else:
+    search_info = {
+        "mode": mode,
+        "study": ofa_key,
+        "storage": str(storage),
+        "trials": len(ofa_study.trials),
+        "complete": len(ofa_complete),
+        "trial": picked_trial.number,
+        "trial_val_f1": picked_trial.values[0],
+        "trial_latency_ms": picked_trial.values[1],
+        "runtime": runtime,
+        "subnets_per_hour": per_hour,
+        "latency_check_tau": check.tau,
+        "supernet_seconds": supernet_seconds,
+    }
 save_candidate(
     run,
     "search",
@@ -286,10 +628,20 @@ display(formats.format_table(table))
 run.headline(
     "02_search",
     {
-        "trials": len(trials),
-        "complete": len(complete),
-        "pareto": len(pareto_trials(trials)),
-        "chosen_trial": chosen.number,
+        "mode": mode,
+        "trials": search_info["trials"],
+        "complete": search_info["complete"],
+        "chosen_trial": search_info["trial"],
+        **(
+            {"pareto": len(pareto_trials(trials))}
+            if mode == "mnasnet"
+            else {
+                "pareto": len(ofa_front),
+                "subnets_per_hour": round(per_hour),
+                "latency_tau": round(check.tau, 3),
+                "supernet_seconds": round(supernet_seconds, 1),
+            }
+        ),
         "searched_f1": round(searched["f1_test"], 4),
         "searched_latency_ms": round(searched["latency_b1_ms"], 3),
         "searched_params": searched["params"],
@@ -299,17 +651,26 @@ run.headline(
 )
 written = [
     *([] if storage_url else [storage]),
-    run.path("search", "chosen.json"),
-    run.path("search", "chosen.yaml"),
+    *(
+        [run.path("search", "chosen.json"), run.path("search", "chosen.yaml")]
+        if mode == "mnasnet"
+        else [run.path("search", "supernet.pt"), run.path("search", "ofa.json")]
+    ),
     run.path("search", "searched", "model.pt"),
     run.path("search", "searched", "metrics.json"),
 ]
 print("wrote", *written, sep="\n  ")
 
-assert len(complete) > 0, "no trial completed"
-assert searched["image_size"] == arch.image_size == chosen.params["image_size"] == spec.image_size, (
-    "latency not measured at the chosen model's own input size"
-)
+assert search_info["complete"] > 0, "no trial completed"
+if mode == "mnasnet":
+    assert searched["image_size"] == arch.image_size == chosen.params["image_size"] == spec.image_size, (
+        "latency not measured at the chosen model's own input size"
+    )
+else:
+    assert searched["image_size"] == chosen_config.resolution == spec.image_size, "not timed at its own resolution"
+    assert spec.subnet == chosen_config.to_dict() and load_candidate(run, "search", "searched") is not None
+    assert -1.0 <= check.tau <= 1.0 and len(check.careful_ms) == latency_check_n
+    assert per_hour > 0 and supernet_result.epochs_run == supernet_epochs
 assert searched["latency_b1_ms"] > 0 and config.mean == spec.mean and config.std == spec.std
 print(check_above_chance("searched", searched["f1_test"], len(dataset.classes), data))
 assert searched["submit_agrees_with_cache"], "predictions from the files on disk differ from the crop cache"

@@ -1,0 +1,126 @@
+"""The once-for-all search against the baseline: front points, shipped pick and teacher, timed in one process.
+
+    .venv/bin/python benchmarks/bench_supernet.py --run runs/trashnet-real --rounds 5
+
+Reads a run directory where notebook 02 ran in `mode: ofa` (`search/supernet.pt`, `search/ofa.json`, the candidate
+`search/searched/`) and notebook 01's baseline (and teacher when present). Every front point is extracted from the
+supernet and its BatchNorm recalibrated as the search did; then every model (baseline, teacher, the front, the
+fine-tuned pick) is timed at batch 1 with `--threads` threads in eager PyTorch, onnxruntime fp32 and onnxruntime
+int8, interleaved over `--rounds` rounds (median of the round medians), and scored on the test split. Prints
+ratios against the baseline, F1, MACs, the supernet's training time and sub-networks scored per hour; writes
+benchmarks/results/supernet-<run>.json. Not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trashlib.bench import count_macs, machine_info, torch_threads
+from trashlib.data import load_prepared
+from trashlib.files import atomic_write_json, read_json
+from trashlib.models import load_model
+from trashlib.quantize import calibration_batches
+from trashlib.run import Run
+from trashlib.supernet import (
+    SubnetConfig,
+    build_subnet,
+    deployed,
+    load_supernet,
+    recalibrate_bn,
+    recalibration_images,
+    subnet_spec,
+    time_deployed,
+)
+from trashlib.train import evaluate
+
+RUNTIMES = ("torch-eager", "onnxruntime-fp32", "onnxruntime-int8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=30, help="calls per model per round")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--recalibration-crops", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    run_dir = Path(args.run)
+    run = Run(run_dir)
+    data = load_prepared(run_dir / "data")
+    info = read_json(run.path("search", "ofa.json"))
+    supernet = load_supernet(run.path("search", "supernet.pt"), data.classes).eval()
+    train_x = data.split("train")[0]
+    crops = recalibration_images(train_x, args.recalibration_crops, seed=args.seed)
+    test_x, test_y = data.split("test")
+
+    models: dict[str, tuple[Any, Any]] = {}
+    models["baseline"] = load_model(run.model_path("baseline", "baseline"))
+    if run.model_path("baseline", "teacher").is_file():
+        models["teacher"] = load_model(run.model_path("baseline", "teacher"))
+    with torch_threads(args.threads):
+        for point in info["front"]:
+            config = SubnetConfig.from_dict(point["subnet"])
+            sub = recalibrate_bn(build_subnet(supernet, config), crops, config.resolution)
+            models[f"front #{point['trial']}"] = (sub, subnet_spec(config, data.classes))
+    models["searched (fine-tuned)"] = load_model(run.model_path("search", "searched"))
+
+    sessions = {}
+    rows: dict[str, dict[str, Any]] = {}
+    for label, (model, spec) in models.items():
+        calib = calibration_batches(crops, spec, batch_size=32, max_images=64)
+        sessions[label] = {rt: deployed(model, spec, rt, calibration=calib, threads=args.threads) for rt in RUNTIMES}
+        rows[label] = {
+            "model": spec.name,
+            "image_size": spec.image_size,
+            "f1_test": evaluate(model, test_x, test_y, data.classes, spec.image_size, normalization=spec.normalization)[
+                "macro_f1"
+            ],
+            "macs": count_macs(model, spec.image_size),
+        }
+    times: dict[str, dict[str, list[float]]] = {label: {rt: [] for rt in RUNTIMES} for label in models}
+    for _ in range(args.rounds):
+        for label, (_, spec) in models.items():
+            for rt in RUNTIMES:
+                times[label][rt].append(
+                    time_deployed(sessions[label][rt], spec.image_size, runs=args.runs, threads=args.threads)
+                )
+    base = {rt: float(np.median(times["baseline"][rt])) for rt in RUNTIMES}
+    print(f"supernet training: {info['supernet_seconds']:.0f} s ({info['supernet_epochs']} epochs)")
+    print(f"sub-networks scored per hour in the search: {info['subnets_per_hour']:.0f} ({info['trials']} trials)")
+    print(f"latency check: Kendall's tau {info['latency_check']['tau']:.3f} over {info['latency_check']['n']}")
+    header = f"{'model':24} {'px':>4} {'F1':>6} {'MMACs':>8} " + " ".join(
+        f"{rt + ' ms':>20} {'x':>6}" for rt in RUNTIMES
+    )
+    print(header)
+    for label, row in rows.items():
+        cells = []
+        for rt in RUNTIMES:
+            ms = float(np.median(times[label][rt]))
+            row[f"{rt}_ms"] = ms
+            row[f"{rt}_speedup_vs_baseline"] = base[rt] / ms
+            cells.append(f"{ms:20.3f} {base[rt] / ms:6.2f}")
+        print(f"{label:24} {row['image_size']:4d} {row['f1_test']:6.3f} {row['macs'] / 1e6:8.1f} " + " ".join(cells))
+    out = Path(__file__).parent / "results" / f"supernet-{run_dir.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        out,
+        {
+            "run": str(run_dir),
+            "rows": rows,
+            "supernet_seconds": info["supernet_seconds"],
+            "subnets_per_hour": info["subnets_per_hour"],
+            "latency_tau": info["latency_check"]["tau"],
+            "args": vars(args),
+            "machine": machine_info(),
+        },
+    )
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()

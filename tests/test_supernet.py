@@ -1,0 +1,298 @@
+"""Tests for trashlib.supernet: the elastic EfficientNet-Lite0, its sub-networks, training, latency and search."""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trashlib.candidate import CandidateRecord, load_candidate, save_candidate
+from trashlib.models import LITE0_SUBNET, ModelError, ModelSpec, build_model, load_model, save_model
+from trashlib.quantize import QuantizeError
+from trashlib.run import Run
+from trashlib.supernet import (
+    ElasticLite0,
+    OfaSpace,
+    SubnetConfig,
+    SubnetEvaluator,
+    SupernetError,
+    build_subnet,
+    check_runtime,
+    front_trials,
+    kendall_tau,
+    latency_check,
+    load_supernet,
+    open_ofa_study,
+    recalibrate_bn,
+    recalibration_images,
+    run_ofa_search,
+    save_supernet,
+    subnet_spec,
+    train_supernet,
+)
+from trashlib.train import TrainConfig, TrainError
+from trashlib.tune import SearchSettings, TuneError, evaluate_trial
+
+CLASSES = ["metal", "paper", "plastic"]
+SPACE = OfaSpace(resolutions=(32, 64), expand_ratios=(3, 6))
+
+
+@pytest.fixture(scope="module")
+def supernet() -> ElasticLite0:
+    net, _ = ElasticLite0.pretrained(CLASSES)
+    return net.eval()
+
+
+def images(n: int, side: int = 64, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+
+
+def test_channel_sorting_keeps_the_function_and_ranks_importance() -> None:
+    original = build_model("efficientnet_lite0", len(CLASSES), pretrained=True).eval()
+    net = copy.deepcopy(original)
+    supernet, importances = ElasticLite0.from_network(net, CLASSES)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(original(x), supernet.eval()(x), atol=1e-4)
+    moved = original._blocks[1]._project_conv.weight.abs().sum(dim=(0, 2, 3))
+    assert not torch.equal(moved, net._blocks[1]._project_conv.weight.abs().sum(dim=(0, 2, 3)))
+    assert importances[0].size == 0  # the first block has no expansion
+    for scores in importances[1:]:
+        assert scores.size > 0 and np.all(np.diff(scores) <= 0), "importances are not in descending order"
+    with pytest.raises(SupernetError, match="needs a whole EfficientNet-Lite0"):
+        ElasticLite0.from_network(build_subnet(supernet, SPACE.smallest()), CLASSES)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_extracted_subnet_gives_the_supernets_logits(supernet: ElasticLite0, seed: int) -> None:
+    config = SPACE.sample(random.Random(seed))
+    x = torch.randn(3, 3, config.resolution, config.resolution, generator=torch.Generator().manual_seed(seed))
+    sub = build_subnet(supernet, config).eval()
+    supernet.active = config
+    with torch.no_grad():
+        expected, got = supernet(x), sub(x)
+    assert torch.allclose(expected, got, atol=1e-5), (expected - got).abs().max()
+    assert len(sub._blocks) == sum(config.depths)
+    kept = config.kept_blocks()
+    for position, index in enumerate(kept):
+        block = sub._blocks[position]
+        assert block._depthwise_conv.out_channels == config.widths[index]
+    # a narrower sub-network is a different function
+    smaller = SPACE.smallest()
+    supernet.active = smaller
+    with torch.no_grad():
+        narrow = supernet(torch.randn(1, 3, smaller.resolution, smaller.resolution))
+    assert narrow.shape == (1, len(CLASSES))
+
+
+def test_bn_recalibration_is_deterministic_and_changes_statistics(supernet: ElasticLite0) -> None:
+    config = SPACE.smallest()
+    crops = recalibration_images(images(200), 100, seed=3)
+    assert np.array_equal(crops, recalibration_images(images(200), 100, seed=3))
+    a = recalibrate_bn(build_subnet(supernet, config), crops, config.resolution, batch_size=32)
+    b = recalibrate_bn(build_subnet(supernet, config), crops, config.resolution, batch_size=32)
+    before = build_subnet(supernet, config).state_dict()
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert not torch.equal(state_a["_bn0.running_mean"], before["_bn0.running_mean"])
+    assert not a.training
+    assert a._bn0.momentum == 0.1  # momentum restored
+    with pytest.raises(SupernetError, match="at least one training crop"):
+        recalibrate_bn(a, crops[:0], config.resolution)
+
+
+def test_subnet_reloads_from_spec_and_state_dict(supernet: ElasticLite0, tmp_path: Path) -> None:
+    config = SPACE.sample(random.Random(7))
+    sub = build_subnet(supernet, config).eval()
+    spec = subnet_spec(config, CLASSES)
+    assert spec.name == LITE0_SUBNET and spec.image_size == config.resolution
+    path = save_model(sub, tmp_path / "model.pt", spec)
+    loaded = load_model(path)  # torch.load(weights_only=True) inside
+    assert loaded.spec == spec and loaded.spec.subnet == config.to_dict()
+    x = torch.randn(2, 3, config.resolution, config.resolution)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), sub(x))
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    # through the candidate code, as notebooks 03 to 05 read it
+    run = Run(tmp_path / "run")
+    record = CandidateRecord(candidate="searched", model=LITE0_SUBNET, image_size=config.resolution, f1_test=0.5)
+    save_candidate(run, "search", record, sub, spec, params={})
+    candidate = load_candidate(run, "search", "searched")
+    assert candidate is not None and candidate.spec == spec
+    with torch.no_grad():
+        assert torch.equal(candidate.model(x), sub(x))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"depths": (1, 3, 2, 3, 3, 4, 1)}, r"depths'\]\[1\]=3: stage 1 has 2 block"),
+        ({"depths": (1, 2, 2)}, r"depths'\] must be a list of 7"),
+        ({"widths": (32, 97, *[96] * 14)}, r"widths'\]\[1\]=97: block 1 expands to 96"),
+        ({"widths": (16, *[96] * 15)}, r"widths'\]\[0\]=16: block 0 has no expansion"),
+        ({"resolution": 100}, r"resolution'\]: image_size must be a multiple of 32"),
+    ],
+)
+def test_setting_outside_the_supernet_is_refused(change: dict, message: str) -> None:
+    largest = SubnetConfig.largest(64)
+    fields = {"depths": largest.depths, "widths": largest.widths, "resolution": largest.resolution, **change}
+    with pytest.raises(SupernetError, match=message):
+        SubnetConfig(**fields)
+    bad = {**largest.to_dict(), **{k: list(v) if isinstance(v, tuple) else v for k, v in change.items()}}
+    with pytest.raises(ModelError, match=message):  # the spec refuses it too, so a saved file cannot carry it
+        ModelSpec.create(LITE0_SUBNET, CLASSES, 64, subnet=bad)
+
+
+def test_ratio_and_space_errors_name_the_parameter() -> None:
+    with pytest.raises(SupernetError, match=r"ratios\[3\]=8: block 3 expands at most 6x"):
+        SubnetConfig.from_ratios([1, 2, 2, 3, 3, 4, 1], [1, 6, 6, 8, *[6] * 12], 64)
+    with pytest.raises(SupernetError, match="resolutions: 100 is not a multiple of 32"):
+        OfaSpace(resolutions=(100,))
+    with pytest.raises(SupernetError, match="expand_ratios must be ints from 1 to 6"):
+        OfaSpace(expand_ratios=(3, 7))
+    with pytest.raises(ModelError, match="'lite0_subnet' spec needs its 'subnet' dict"):
+        ModelSpec.create(LITE0_SUBNET, CLASSES, 64)
+    with pytest.raises(ModelError, match="'subnet' dict is only for 'lite0_subnet' models, not 'mnasnet1_0'"):
+        ModelSpec.create("mnasnet1_0", CLASSES, 64, subnet=SubnetConfig.largest(64).to_dict())
+    with pytest.raises(ModelError, match="subnet= is required for model 'lite0_subnet'"):
+        build_model(LITE0_SUBNET, 3, 64)
+
+
+def test_unknown_or_missing_runtime_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(QuantizeError, match="runtime 'tensorrt' is unknown; valid runtimes: onnxruntime-int8"):
+        check_runtime("tensorrt")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name))
+    with pytest.raises(QuantizeError, match="needs the packages onnxruntime and onnx, which are not installed"):
+        check_runtime("onnxruntime-int8")
+    with pytest.raises(TuneError, match="SearchSettings.runtime must be one of"):
+        SearchSettings(runtime="tflite")
+
+
+class Interrupt(Exception):
+    pass
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def fresh_supernet() -> ElasticLite0:
+    torch.manual_seed(0)  # the fresh head
+    return ElasticLite0.pretrained(CLASSES)[0]
+
+
+def test_supernet_trains_resumes_and_refuses_another_class_list(tmp_path: Path) -> None:
+    train = (images(16, seed=1), np.arange(16) % 3)
+    val = (images(6, seed=2), np.arange(6) % 3)
+    config = TrainConfig.for_spec(
+        subnet_spec(SPACE.largest(), CLASSES), epochs=2, batch_size=8, augment=0.0, lr=1e-3, threads=1
+    )
+    whole = fresh_supernet()
+    train_supernet(whole, train, val, space=SPACE, config=config, n_random=1, progress=False)
+    checkpoint = tmp_path / "supernet_checkpoint.pt"
+
+    def stop(epoch: int, row: dict[str, float]) -> None:
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_supernet(
+            fresh_supernet(),
+            train,
+            val,
+            space=SPACE,
+            config=config,
+            n_random=1,
+            checkpoint_path=checkpoint,
+            progress=False,
+            on_epoch=stop,
+        )
+    resumed_net = fresh_supernet()
+    resumed = train_supernet(
+        resumed_net, train, val, space=SPACE, config=config, n_random=1, checkpoint_path=checkpoint, progress=False
+    )
+    assert resumed.resumed_from_epoch == 1 and resumed.epochs_run == 2
+    assert all(
+        torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed_net.state_dict().values(), strict=False)
+    )
+    with pytest.raises(TrainError, match=r"differs in .*step loss"):  # another sandwich setting does not resume
+        train_supernet(
+            fresh_supernet(),
+            train,
+            val,
+            space=SPACE,
+            config=config,
+            n_random=2,
+            checkpoint_path=checkpoint,
+            progress=False,
+        )
+    saved = save_supernet(whole, tmp_path / "supernet.pt")
+    loaded = load_supernet(saved, CLASSES)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(whole.net.state_dict().values(), loaded.net.state_dict().values(), strict=False)
+    )
+    with pytest.raises(SupernetError, match=r"trained on classes \['metal', 'paper', 'plastic'\], but this data has"):
+        load_supernet(saved, ["metal", "paper", "glass"])
+    with pytest.raises(SupernetError, match="not a trashlib supernet"):
+        load_supernet(checkpoint, CLASSES)
+    with pytest.raises(SupernetError, match="must be the largest resolution 64"):
+        train_supernet(whole, train, val, space=SPACE, config=TrainConfig(image_size=32))
+
+
+def test_kendall_tau_matches_the_definition() -> None:
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(2 / 3)
+    with pytest.raises(SupernetError, match="equal length"):
+        kendall_tau([1, 2], [1])
+
+
+def test_latency_check_and_search_run_at_smoke_size(supernet: ElasticLite0, tmp_path: Path) -> None:
+    crops = images(32)
+    check = latency_check(supernet, SPACE, crops, n=4, quick_runs=3, careful_runs=5, rounds=2)
+    assert len(check.quick_ms) == len(check.careful_ms) == 4 and all(t > 0 for t in check.careful_ms)
+    assert -1.0 <= check.tau <= 1.0
+    evaluator = SubnetEvaluator(supernet, crops, (images(12, seed=5), np.arange(12) % 3), latency_runs=3)
+    study = open_ofa_study(tmp_path / "journal.log", "ofa", SPACE, "onnxruntime-int8", seed=0)
+    run_ofa_search(study, evaluator, SPACE, n_trials=3)
+    assert len(study.trials) == 3
+    again = open_ofa_study(tmp_path / "journal.log", "ofa", SPACE, "onnxruntime-int8", seed=0)
+    run_ofa_search(again, evaluator, SPACE, n_trials=3)  # a rerun adds nothing
+    assert len(again.trials) == 3
+    front = front_trials(again)
+    assert front and all(SubnetConfig.from_dict(t.user_attrs["subnet"]) for t in front)
+    with pytest.raises(SupernetError, match="was made with settings"):
+        open_ofa_study(tmp_path / "journal.log", "ofa", SPACE, "onnxruntime-fp32")
+
+
+def test_mnasnet_trial_is_timed_in_the_deploy_runtime() -> None:
+    from trashlib.tune import ArchConfig, BlockConfig
+
+    arch = ArchConfig(
+        image_size=32,
+        stem_channels=8,
+        blocks=(BlockConfig(op="mbconv3", kernel=3, se=False, layers=1, stride=2, channels=16),),
+        head_channels=32,
+        dropout=0.0,
+        lr=0.01,
+        weight_decay=0.0,
+        augment=0.0,
+    )
+    data = (images(16, side=32), np.arange(16) % 3)
+    result = evaluate_trial(arch, data, data, 3, 1, latency_runs=3, runtime="onnxruntime-int8")
+    assert result.latency_ms > 0 and result.epochs_run == 1
+
+
+def test_the_runners_runtime_choices_are_the_latency_runtimes() -> None:
+    from trashlib.quantize import LATENCY_RUNTIMES
+    from trashlib.workbook import PARAMETER_CHOICES
+
+    assert PARAMETER_CHOICES["runtime"] == LATENCY_RUNTIMES

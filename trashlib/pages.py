@@ -115,7 +115,8 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 vertical-align:top}td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#f4f4f4}
 .box{overflow-x:auto;max-width:100%}.box td,.box th{white-space:nowrap}
 .card{border:2px solid #2a7;border-radius:6px;padding:.6em 1.2em;
-margin:1em 0;background:#f5fbf7}.card.none{border-color:#c00;background:#fdf2f2}.card.none h2{color:#c00}.card h2{margin:.2em 0 .4em}
+margin:1em 0;background:#f5fbf7}.card.none{border-color:#c00;background:#fdf2f2}
+.card.none h2{color:#c00}.card h2{margin:.2em 0 .4em}
 img{max-width:100%;height:auto}code,pre{background:#f4f4f4;padding:0 .2em}pre{padding:.5em;overflow-x:auto}
 .muted{color:#666;font-size:90%}"""
 

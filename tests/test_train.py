@@ -208,7 +208,9 @@ def test_distillation_loss_formula() -> None:
     p_t = torch.softmax(teacher / 2, 1)
     kl = (p_t * (p_t.log() - torch.log_softmax(student / 2, 1))).sum()
     expected = 0.25 * 4 * kl + 0.75 * hard
-    got = train_module._distillation_loss(student, teacher, hard, config)
+    got = train_module.distillation_loss(
+        student, teacher, hard, temperature=config.distill_temperature, alpha=config.distill_alpha
+    )
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 

@@ -145,11 +145,12 @@ def _table(frame: pd.DataFrame, index_name: str) -> str:
     """A formatted HTML table (``formats.column_format`` per column) in a box that scrolls sideways."""
     head = "".join(f"<th>{_e(c)}</th>" for c in [index_name, *frame.columns])
     rows = []
+    formatters = {str(column): formats.column_format(str(column)) for column in frame.columns}
     for name, row in frame.iterrows():
         cells = []
         for column, value in row.items():
-            text = formats.column_format(str(column))(value)
-            numeric = formats.column_format(str(column)) is not formats.text
+            text = formatters[str(column)](value)
+            numeric = formatters[str(column)] is not formats.text
             cells.append(f'<td class="n">{_e(text)}</td>' if numeric else f"<td>{_e(text)}</td>")
         rows.append(f"<tr><th>{_e(name)}</th>{''.join(cells)}</tr>")
     return f'<div class="box"><table><tr>{head}</tr>{"".join(rows)}</table></div>'

@@ -41,7 +41,15 @@ from trashlib.quantize import (
     deployed,
     time_deployed,
 )
-from trashlib.train import StepLoss, TrainConfig, TrainResult, classification_metrics, predict_logits, preprocess
+from trashlib.train import (
+    StepLoss,
+    TrainConfig,
+    TrainResult,
+    classification_metrics,
+    distillation_loss,
+    predict_logits,
+    preprocess,
+)
 from trashlib.train import train_model as _train_model
 from trashlib.tune import open_storage
 
@@ -403,13 +411,12 @@ class SandwichLoss:
         model.active = largest
         big = model(preprocess(images, largest.resolution, self.mean, self.std).to(device))
         loss = F.cross_entropy(big, targets, label_smoothing=self.label_smoothing)
-        soft = F.log_softmax(big.detach() / self.temperature, dim=1)
+        teacher = big.detach()
         for config in (self.space.smallest(), *(self.space.sample(rng) for _ in range(self.n_random))):
             model.active = config
             out = model(preprocess(images, config.resolution, self.mean, self.std).to(device))
-            kd = F.kl_div(F.log_softmax(out / self.temperature, dim=1), soft, reduction="batchmean", log_target=True)
             hard = F.cross_entropy(out, targets, label_smoothing=self.label_smoothing)
-            loss = loss + self.alpha * kd * self.temperature**2 + (1 - self.alpha) * hard
+            loss = loss + distillation_loss(out, teacher, hard, temperature=self.temperature, alpha=self.alpha)
         model.active = largest
         return loss
 

@@ -459,7 +459,13 @@ def _train(
                         teacher_logits = teacher(
                             _to_model_input(raw, teacher_size, teacher_mean, teacher_std).to(device)
                         )
-                    loss = _distillation_loss(logits, teacher_logits, loss, config)
+                    loss = distillation_loss(
+                        logits,
+                        teacher_logits,
+                        loss,
+                        temperature=config.distill_temperature,
+                        alpha=config.distill_alpha,
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -548,19 +554,21 @@ def _augment(raw: torch.Tensor, augmentation: v2.Transform | None, generator: to
         return torch.stack([augmentation(image) for image in raw])
 
 
-def _distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, config: TrainConfig
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, hard_loss: torch.Tensor, *, temperature: float, alpha: float
 ) -> torch.Tensor:
+    """Hinton distillation: ``alpha`` * KL(teacher || student) at ``temperature`` (scaled by its square) plus
+    (1 - ``alpha``) * ``hard_loss``; the teacher's logits are used as given (detach them first when it trains)."""
     if teacher.shape != student.shape:
         raise TrainError(f"teacher outputs shape {tuple(teacher.shape)} but the student {tuple(student.shape)}")
-    t = config.distill_temperature
+    t = temperature
     soft = F.kl_div(
         F.log_softmax(student / t, dim=1),
         F.log_softmax(teacher.float() / t, dim=1),
         reduction="batchmean",
         log_target=True,
     ) * (t * t)
-    return config.distill_alpha * soft + (1.0 - config.distill_alpha) * hard_loss
+    return alpha * soft + (1.0 - alpha) * hard_loss
 
 
 def _epoch_order(

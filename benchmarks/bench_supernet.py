@@ -5,10 +5,13 @@
 Reads a run directory where notebook 02 ran in `mode: ofa` (`search/supernet.pt`, `search/ofa.json`, the candidate
 `search/searched/`) and notebook 01's baseline (and teacher when present). Every front point is extracted from the
 supernet and its BatchNorm recalibrated as the search did; then every model (baseline, teacher, the front, the
-fine-tuned pick) is timed at batch 1 with `--threads` threads in eager PyTorch, onnxruntime fp32 and onnxruntime
-int8, interleaved over `--rounds` rounds (median of the round medians), and scored on the test split. Prints
-ratios against the baseline, F1, MACs, the supernet's training time and sub-networks scored per hour; writes
-benchmarks/results/supernet-<run>.json. Not a test: it asserts nothing.
+fine-tuned pick) is timed at batch 1 with `--threads` threads in eager PyTorch, onnxruntime fp32 and int8 and
+OpenVINO int8, interleaved over `--rounds` rounds (median of the round medians), and scored on the test split. The
+shipped model (`winner/`, through `trashlib.predict` in its card's runtime) is timed in the same rounds. Prints ratios
+against the baseline, F1, MACs, the supernet's training time, sub-networks scored per hour, and the issue's goals
+(shipped at least 4x faster than the baseline in onnxruntime fp32 at test F1 >= 0.87; a front point at least as
+accurate as the teacher in int8 and faster); writes benchmarks/results/supernet-<run>.json. Not a test: it asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from trashlib.bench import count_macs, machine_info, torch_threads
 from trashlib.data import load_prepared
 from trashlib.files import atomic_write_json, read_json
 from trashlib.models import load_model
+from trashlib.predict import load_model as load_shipped
 from trashlib.quantize import calibration_batches
 from trashlib.run import Run
+from trashlib.score import classification_scores
 from trashlib.supernet import (
     SubnetConfig,
     build_subnet,
@@ -37,7 +42,8 @@ from trashlib.supernet import (
 )
 from trashlib.train import evaluate
 
-RUNTIMES = ("torch-eager", "onnxruntime-fp32", "onnxruntime-int8")
+RUNTIMES = ("torch-eager", "onnxruntime-fp32", "onnxruntime-int8", "openvino-int8")
+GOAL_SPEEDUP, GOAL_F1 = 4.0, 0.87
 
 
 def main() -> None:
@@ -48,6 +54,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--recalibration-crops", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--goal-f1", type=float, default=GOAL_F1, help="test macro-F1 the shipped model must reach")
     args = parser.parse_args()
     run_dir = Path(args.run)
     run = Run(run_dir)
@@ -82,6 +89,17 @@ def main() -> None:
             ],
             "macs": count_macs(model, spec.image_size),
         }
+    shipped = load_shipped(run.path("winner"), threads=args.threads) if run.path("winner").is_dir() else None
+    shipped_times: list[float] = []
+    if shipped is not None:
+        predicted = shipped.probabilities(test_x).argmax(axis=1)
+        shipped_row = {
+            "source": shipped.card.get("source"),
+            "runtime": shipped.card.get("runtime"),
+            "image_size": shipped.preprocessing.image_size,
+            "f1_test": classification_scores(test_y, predicted, data.classes)["macro_f1"],
+            "macs": shipped.card.get("macs"),
+        }
     times: dict[str, dict[str, list[float]]] = {label: {rt: [] for rt in RUNTIMES} for label in models}
     for _ in range(args.rounds):
         for label, (_, spec) in models.items():
@@ -89,6 +107,10 @@ def main() -> None:
                 times[label][rt].append(
                     time_deployed(sessions[label][rt], spec.image_size, runs=args.runs, threads=args.threads)
                 )
+        if shipped is not None:
+            shipped_times.append(
+                time_deployed(shipped.run, shipped.preprocessing.image_size, runs=args.runs, threads=args.threads)
+            )
     base = {rt: float(np.median(times["baseline"][rt])) for rt in RUNTIMES}
     print(f"supernet training: {info['supernet_seconds']:.0f} s ({info['supernet_epochs']} epochs)")
     print(f"sub-networks scored per hour in the search: {info['subnets_per_hour']:.0f} ({info['trials']} trials)")
@@ -105,6 +127,33 @@ def main() -> None:
             row[f"{rt}_speedup_vs_baseline"] = base[rt] / ms
             cells.append(f"{ms:20.3f} {base[rt] / ms:6.2f}")
         print(f"{label:24} {row['image_size']:4d} {row['f1_test']:6.3f} {row['macs'] / 1e6:8.1f} " + " ".join(cells))
+    goals: dict[str, Any] = {}
+    if shipped is not None:
+        shipped_row["ms"] = float(np.median(shipped_times))
+        shipped_row["speedup_vs_baseline_onnxruntime_fp32"] = base["onnxruntime-fp32"] / shipped_row["ms"]
+        goals["shipped_speedup"] = shipped_row["speedup_vs_baseline_onnxruntime_fp32"]
+        goals["shipped_f1"] = shipped_row["f1_test"]
+        goals["shipped_goal_met"] = goals["shipped_speedup"] >= GOAL_SPEEDUP and goals["shipped_f1"] >= args.goal_f1
+        print(
+            f"shipped {shipped_row['source']} ({shipped_row['runtime']}, {shipped_row['image_size']} px): "
+            f"{shipped_row['ms']:.3f} ms, {goals['shipped_speedup']:.2f}x the baseline in onnxruntime fp32, "
+            f"test F1 {shipped_row['f1_test']:.3f} (goal: >= {GOAL_SPEEDUP}x at F1 >= {args.goal_f1}: "
+            f"{'met' if goals['shipped_goal_met'] else 'missed'})"
+        )
+    if "teacher" in rows:
+        teacher = rows["teacher"]
+        dominating = [
+            label
+            for label, row in rows.items()
+            if label.startswith("front")
+            and row["f1_test"] >= teacher["f1_test"]
+            and row["onnxruntime-int8_ms"] < teacher["onnxruntime-int8_ms"]
+        ]
+        goals["front_dominates_teacher_int8"] = dominating
+        print(
+            f"front points at least as accurate as the teacher (test F1 {teacher['f1_test']:.3f}) and faster in "
+            f"onnxruntime int8 ({teacher['onnxruntime-int8_ms']:.3f} ms): {', '.join(dominating) or 'none'}"
+        )
     out = Path(__file__).parent / "results" / f"supernet-{run_dir.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
@@ -112,6 +161,8 @@ def main() -> None:
         {
             "run": str(run_dir),
             "rows": rows,
+            "shipped": shipped_row if shipped is not None else None,
+            "goals": goals,
             "supernet_seconds": info["supernet_seconds"],
             "subnets_per_hour": info["subnets_per_hour"],
             "latency_tau": info["latency_check"]["tau"],

@@ -113,3 +113,22 @@ def test_notebook_digest_follows_cells_not_metadata_or_outputs(tmp_path: Path):
     nb.cells[1].source += "\nx = 1"
     nbformat.write(nb, path)
     assert notebook_digest(path) != before
+
+
+@pytest.mark.parametrize("notebook", list_notebooks(), ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter_of_a_notebook(notebook: Path):
+    """papermill skips (with a warning) a parameters line with two '=' signs, a comment's '>=' included."""
+    from papermill.translators import PythonTranslator
+
+    nb = nbformat.read(notebook, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = {
+        target.id
+        for node in ast.parse(cell.source).body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    read = {p.name for p in PythonTranslator.inspect(cell)}
+    assert assigned, f"{notebook.name}: no parameter assigned"
+    assert read == assigned, f"{notebook.name}: papermill cannot read {sorted(assigned - read)}"

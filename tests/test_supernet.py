@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from trashlib.candidate import CandidateRecord, load_candidate, save_candidate
+from trashlib.cli import build_parser
 from trashlib.models import LITE0_SUBNET, ModelError, ModelSpec, build_model, load_model, save_model
-from trashlib.quantize import QuantizeError
+from trashlib.quantize import QuantizeError, calibration_batches, deployed
 from trashlib.run import Run
 from trashlib.supernet import (
     ElasticLite0,
     OfaSpace,
+    SandwichLoss,
     SubnetConfig,
     SubnetEvaluator,
     SupernetError,
@@ -34,7 +36,7 @@ from trashlib.supernet import (
     subnet_spec,
     train_supernet,
 )
-from trashlib.train import TrainConfig, TrainError
+from trashlib.train import TrainConfig, TrainError, preprocess
 from trashlib.tune import SearchSettings, TuneError, evaluate_trial
 
 CLASSES = ["metal", "paper", "plastic"]
@@ -169,8 +171,12 @@ def test_unknown_or_missing_runtime_is_refused(monkeypatch: pytest.MonkeyPatch) 
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name))
-    with pytest.raises(QuantizeError, match="needs the packages onnxruntime and onnx, which are not installed"):
+    with pytest.raises(QuantizeError, match="needs the packages onnxruntime, which are not installed"):
         check_runtime("onnxruntime-int8")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "openvino" else real(name))
+    with pytest.raises(QuantizeError, match="'openvino-int8' needs the packages openvino, which are not installed"):
+        check_runtime("openvino-int8")
+    check_runtime("onnxruntime-int8")
     with pytest.raises(TuneError, match="SearchSettings.runtime must be one of"):
         SearchSettings(runtime="tflite")
 
@@ -247,6 +253,27 @@ def test_supernet_trains_resumes_and_refuses_another_class_list(tmp_path: Path) 
         train_supernet(whole, train, val, space=SPACE, config=TrainConfig(image_size=32))
 
 
+def test_only_the_largest_sub_network_moves_the_running_statistics(supernet: ElasticLite0) -> None:
+    net = copy.deepcopy(supernet).train()
+    alone = copy.deepcopy(supernet).train()
+    raw = torch.from_numpy(images(4)).permute(0, 3, 1, 2)
+    targets = torch.tensor([0, 1, 2, 0])
+    loss = SandwichLoss(SPACE, n_random=2, seed=0)
+    torch.manual_seed(0)  # the same stochastic-depth draws for the largest in both
+    loss(net, raw, targets, step=0)
+    largest = SPACE.largest()
+    alone.active = largest
+    torch.manual_seed(0)
+    with torch.no_grad():
+        alone(preprocess(raw.permute(0, 2, 3, 1), largest.resolution, loss.mean, loss.std))
+    bn_keys = [k for k in net.state_dict() if "running_" in k]
+    assert bn_keys
+    for key in bn_keys:  # the sandwich's smaller sub-networks left no trace in the statistics
+        assert torch.allclose(net.state_dict()[key], alone.state_dict()[key], atol=1e-6), key
+    assert not torch.equal(net.state_dict()[bn_keys[0]], supernet.state_dict()[bn_keys[0]])  # the largest did
+    assert all(bn.momentum == 0.1 for bn in net.modules() if isinstance(bn, torch.nn.BatchNorm2d))  # restored
+
+
 def test_kendall_tau_matches_the_definition() -> None:
     assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -296,3 +323,21 @@ def test_the_runners_runtime_choices_are_the_latency_runtimes() -> None:
     from trashlib.workbook import PARAMETER_CHOICES
 
     assert PARAMETER_CHOICES["runtime"] == LATENCY_RUNTIMES
+    tune_create = build_parser()._subparsers._group_actions[0].choices["tune-create"]  # type: ignore[union-attr]
+    runtime = next(a for a in tune_create._actions if a.dest == "runtime")
+    assert set(runtime.choices) == set(LATENCY_RUNTIMES)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_runs_the_same_sub_network_as_onnxruntime(supernet: ElasticLite0, precision: str) -> None:
+    config = SPACE.sample(random.Random(3))
+    model = build_subnet(supernet, config).eval()
+    spec = subnet_spec(config, CLASSES)
+    crops = images(32)
+    calibration = calibration_batches(crops, spec, batch_size=16, max_images=32)
+    x = np.random.default_rng(1).standard_normal((1, 3, config.resolution, config.resolution)).astype(np.float32)
+    ort_out = np.asarray(deployed(model, spec, f"onnxruntime-{precision}", calibration=calibration)(x)[0])
+    ov_out = deployed(model, spec, f"openvino-{precision}", calibration=calibration)(x)
+    assert ov_out.shape == ort_out.shape == (1, len(CLASSES))
+    tolerance = 1e-4 if precision == "fp32" else 0.15 * float(np.abs(ort_out).max()) + 1e-3
+    np.testing.assert_allclose(ov_out, ort_out, atol=tolerance)

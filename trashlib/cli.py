@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument(
         "--runtime",
-        choices=("torch-eager", "onnxruntime-fp32", "onnxruntime-int8"),
+        choices=("torch-eager", "onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-int8"),
         default="torch-eager",
         help="where each trial's batch-1 latency is measured (onnxruntime-int8: what notebook 04 ships)",
     )

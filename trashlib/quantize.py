@@ -22,6 +22,7 @@ from trashlib.files import atomic_write_bytes, atomic_write_json, sha256_file
 from trashlib.models import ModelSpec
 from trashlib.predict import (
     DEPLOY_RUNNERS,
+    OpenVinoRunner,
     PredictError,
     load_model,
     open_runtime,
@@ -666,7 +667,13 @@ def _qat_candidate(
 
 # --------------------------------------------------------------------------- deploy runtimes
 
-LATENCY_RUNTIMES: tuple[str, ...] = ("onnxruntime-int8", "onnxruntime-fp32", "torch-eager")
+LATENCY_RUNTIMES: tuple[str, ...] = (
+    "onnxruntime-int8",
+    "onnxruntime-fp32",
+    "openvino-int8",
+    "openvino-fp32",
+    "torch-eager",
+)
 DEFAULT_RUNTIME = "onnxruntime-int8"
 
 
@@ -674,10 +681,11 @@ def check_runtime(runtime: str) -> str:
     """``runtime`` when it is known and installed; otherwise a ``SupernetError`` naming it."""
     if runtime not in LATENCY_RUNTIMES:
         raise QuantizeError(f"runtime {runtime!r} is unknown; valid runtimes: {', '.join(LATENCY_RUNTIMES)}")
-    if runtime.startswith("onnxruntime") and (
-        importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None
-    ):
-        raise QuantizeError(f"runtime {runtime!r} needs the packages onnxruntime and onnx, which are not installed")
+    # int8 is quantized by onnxruntime's tools in every runtime, so OpenVINO needs onnxruntime too
+    needs = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("onnxruntime", "onnx", "openvino")}
+    missing = [p for p in needs.get(runtime.split("-", maxsplit=1)[0], ()) if importlib.util.find_spec(p) is None]
+    if missing:
+        raise QuantizeError(f"runtime {runtime!r} needs the packages {', '.join(missing)}, which are not installed")
     return runtime
 
 
@@ -689,8 +697,8 @@ def deployed(
     calibration: Sequence[torch.Tensor] | None = None,
     threads: int = 1,
 ) -> Callable[[np.ndarray], Any]:
-    """``model`` as it runs in ``runtime``: a callable on a float NCHW array (ONNX fp32 or static int8 in
-    onnxruntime, calibrated on ``calibration``; or eager torch)."""
+    """``model`` as it runs in ``runtime``: a callable on a float NCHW array (ONNX fp32 or static int8, calibrated
+    on ``calibration``, in onnxruntime or OpenVINO; or eager torch)."""
     check_runtime(runtime)
     if runtime == "torch-eager":
         model.eval()
@@ -704,10 +712,12 @@ def deployed(
 
     with tempfile.TemporaryDirectory(prefix="trashlib-latency-") as tmp:
         path = export_onnx(model.eval(), spec, Path(tmp) / "fp32.onnx")
-        if runtime == "onnxruntime-int8":
+        if runtime.endswith("-int8"):
             if not calibration:
-                raise QuantizeError("runtime 'onnxruntime-int8' needs calibration batches")
+                raise QuantizeError(f"runtime {runtime!r} needs calibration batches")
             path = quantize_onnx_int8(path, Path(tmp) / "int8.onnx", calibration)
+        if runtime.startswith("openvino"):
+            return OpenVinoRunner(path.read_bytes(), threads=threads, input_name=None, output_name=None)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -6,7 +6,8 @@ import importlib.util
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -374,11 +375,31 @@ def load_supernet(path: Path, class_names: Sequence[str]) -> ElasticLite0:
 # --------------------------------------------------------------------------- training: sandwich rule
 
 
+@contextmanager
+def frozen_bn_statistics(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with every BatchNorm's running statistics left as they are (momentum 0) while it trains: batches
+    still normalise with their own statistics, but the running ones keep following another sub-network."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    try:
+        yield model
+    finally:
+        for bn, momentum in zip(bns, momenta, strict=True):
+            bn.momentum = momentum
+
+
 @dataclass
 class SandwichLoss:
     """Per-step loss of supernet training: the largest sub-network on the labels, then the smallest and
     ``n_random`` random ones distilled from the largest's logits (in-place distillation). The random draws
-    depend on ``seed`` and the global step only, so a resumed run draws what an uninterrupted one does."""
+    depend on ``seed`` and the global step only, so a resumed run draws what an uninterrupted one does.
+
+    Only the largest sub-network updates the BatchNorm running statistics: a narrower, shallower or smaller-input
+    sub-network sees other activation statistics, and mixing them in would make the supernet's eval-mode output
+    (the validation that picks the best epoch) meaningless. Every other sub-network is recalibrated before it is
+    scored (``recalibrate_bn``)."""
 
     space: OfaSpace
     n_random: int = 2
@@ -399,6 +420,7 @@ class SandwichLoss:
             "temperature": self.temperature,
             "alpha": self.alpha,
             "label_smoothing": self.label_smoothing,
+            "bn_statistics": "largest",
         }
 
     def __call__(self, model: nn.Module, raw: torch.Tensor, targets: torch.Tensor, step: int) -> torch.Tensor:
@@ -414,7 +436,8 @@ class SandwichLoss:
         teacher = big.detach()
         for config in (self.space.smallest(), *(self.space.sample(rng) for _ in range(self.n_random))):
             model.active = config
-            out = model(preprocess(images, config.resolution, self.mean, self.std).to(device))
+            with frozen_bn_statistics(model):
+                out = model(preprocess(images, config.resolution, self.mean, self.std).to(device))
             hard = F.cross_entropy(out, targets, label_smoothing=self.label_smoothing)
             loss = loss + distillation_loss(out, teacher, hard, temperature=self.temperature, alpha=self.alpha)
         model.active = largest

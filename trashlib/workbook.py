@@ -167,7 +167,7 @@ _SIZES = ("image_size", "teacher_image_size", "image_sizes", "ofa_resolutions")
 PARAMETER_CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("ofa", "mnasnet"),
     "mnasnet_objective": ("multi", "reward"),
-    "runtime": ("onnxruntime-int8", "onnxruntime-fp32", "torch-eager"),
+    "runtime": ("onnxruntime-int8", "onnxruntime-fp32", "openvino-int8", "openvino-fp32", "torch-eager"),
 }
 
 

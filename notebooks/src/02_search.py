@@ -50,7 +50,7 @@ supernet_crops = 48  # training crops the supernet trains on (0: all of them; th
 recalibration_crops = 64
 ofa_trials = 6
 ofa_latency_runs = 10
-latency_check_n = 4  # random sub-networks of the quick-versus-careful latency check (>= 30 outside smoke runs)
+latency_check_n = 4  # random sub-networks of the quick-versus-careful latency check (30 or more outside smoke runs)
 latency_check_runs = 20
 ofa_finetune_epochs = 2
 ofa_finetune_lr = 0.0005

@@ -56,12 +56,15 @@ def images(n: int, side: int = 64, seed: int = 0) -> np.ndarray:
 def test_channel_sorting_keeps_the_function_and_ranks_importance() -> None:
     original = build_model("efficientnet_lite0", len(CLASSES), pretrained=True).eval()
     net = copy.deepcopy(original)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
     supernet, importances = ElasticLite0.from_network(net, CLASSES)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the source is left as it was
+    assert supernet.net is not net
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(original(x), supernet.eval()(x), atol=1e-4)
     moved = original._blocks[1]._project_conv.weight.abs().sum(dim=(0, 2, 3))
-    assert not torch.equal(moved, net._blocks[1]._project_conv.weight.abs().sum(dim=(0, 2, 3)))
+    assert not torch.equal(moved, supernet.net._blocks[1]._project_conv.weight.abs().sum(dim=(0, 2, 3)))
     assert importances[0].size == 0  # the first block has no expansion
     for scores in importances[1:]:
         assert scores.size > 0 and np.all(np.diff(scores) <= 0), "importances are not in descending order"

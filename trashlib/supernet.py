@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import random
@@ -262,9 +263,11 @@ class ElasticLite0(nn.Module):
 
     @classmethod
     def from_network(cls, net: EfficientNetLite0, class_names: Sequence[str]) -> tuple[ElasticLite0, list[np.ndarray]]:
-        """The supernet around ``net`` (channels sorted in place) and each block's sorted importances."""
+        """The supernet around a copy of ``net`` (its channels sorted; ``net`` itself is left as it was, so a
+        teacher can still be scored beside the supernet trained from it) and each block's sorted importances."""
         if not isinstance(net, EfficientNetLite0) or len(net._blocks) != len(lite0_blocks()):
             raise SupernetError("the supernet needs a whole EfficientNet-Lite0 (not a pruned or partial one)")
+        net = copy.deepcopy(net)
         return cls(net, class_names), sort_channels(net)
 
     @classmethod

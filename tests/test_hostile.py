@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -363,6 +364,29 @@ def test_the_winner_must_be_above_chance_and_near_the_baseline(tmp_path: Path):
     at_chance = ship_winner(run, _board([("fast-onnx-int8", 0.0, True)]), chance=0.17, baseline_f1=None,
                             max_f1_drop=0.05)  # fmt: skip
     assert isinstance(at_chance, NoWinner) and "best deployable scores 0.000" in at_chance.reason
+
+
+def test_within_f1_tie_of_the_best_ranked_the_fastest_ships(tmp_path: Path):
+    run = open_run(tmp_path / "run")
+    rows = [("fp32", 0.869, 1.56), ("int8", 0.866, 1.02), ("small", 0.849, 0.70), ("base", 0.64, 1.2)]
+    for name, _, _ in rows:
+        (run.run_dir / "deploy" / name).mkdir(parents=True)
+        (run.run_dir / "deploy" / name / "model.onnx").write_bytes(name.encode())
+        (run.run_dir / "deploy" / name / "model_card.json").write_text("{}")
+    board = pd.DataFrame(
+        [
+            {"candidate": n, "f1_test": f1, "latency_b1_ms": ms, "deployable": True, "score_published": i}
+            for i, (n, f1, ms) in enumerate(rows)
+        ]
+    ).set_index("candidate")
+    ship = partial(ship_winner, run, board, chance=0.2, baseline_f1=0.64, max_f1_drop=0.05)
+    assert ship().candidate == "fp32"  # no tie: the competition ranking alone
+    assert ship(f1_tie=0.005).candidate == "int8"  # 0.003 below the best-ranked, 1.5x faster
+    assert (run.run_dir / "winner" / "model.onnx").read_bytes() == b"int8"
+    assert ship(f1_tie=0.03).candidate == "small"
+    for bad in (-0.1, 1.5, float("nan"), "0.01", True):
+        with pytest.raises(ValueError, match="f1_tie"):
+            ship(f1_tie=bad)
 
 
 def test_chance_is_the_better_of_one_over_classes_and_the_majority_class(coco_factory, tmp_path: Path):

@@ -236,6 +236,15 @@ def test_deploy_writes_every_runtime_times_the_shipped_path_and_flags_a_failure_
     assert not (run.run_dir / "winner").exists()
     picked = pick_for_deployment(list_candidates(run, ("baseline",)), top_n=1)
     assert picked[0]["candidate"] == "baseline"
+    records = [
+        {"stage": "baseline", "candidate": "baseline", "score_published": 0.5, "latency_b1_ms": 2.0},
+        {"stage": "baseline", "candidate": "teacher", "score_published": 0.1, "latency_b1_ms": 3.0},
+        {"stage": "search", "candidate": "searched", "score_published": 0.3, "latency_b1_ms": 1.0},
+    ]
+    names = [r["candidate"] for r in pick_for_deployment(records, 1, always=["search/searched", "compress/none"])]
+    assert names == ["baseline", "teacher", "searched"]
+    names = [r["candidate"] for r in pick_for_deployment(records, 2, always=["search/searched"])]
+    assert names == ["baseline", "teacher", "searched"]
     with pytest.raises(ValueError, match="not in the run directory"):
         pick_for_deployment(list_candidates(run), 1, ["compress/missing"])
     with pytest.raises(ValueError, match="rank_by"):

@@ -274,10 +274,12 @@ def list_candidates(run: Run, stages: Sequence[str] = STAGES) -> list[CandidateR
 
 
 def pick_for_deployment(
-    records: Sequence[CandidateRecord], top_n: int, labels: Sequence[str] = ()
+    records: Sequence[CandidateRecord], top_n: int, labels: Sequence[str] = (), *, always: Sequence[str] = ()
 ) -> list[CandidateRecord]:
     """The baseline, then ``labels`` ("stage/candidate") when given, else the ``top_n`` other candidates
-    with the lowest published score (ties: faster first)."""
+    with the lowest published score (ties: faster first), then each of ``always`` that is in the run directory and
+    not chosen yet (the searched model, so that the leaderboard sees it in the runtime that ships even when its
+    eager-mode score is not among the best)."""
     by_key = {f"{r['stage']}/{r['candidate']}": r for r in records}
     missing = [key for key in labels if key not in by_key]
     if missing:
@@ -290,6 +292,7 @@ def pick_for_deployment(
             :top_n
         ]
     )
+    others += [by_key[k] for k in always if k in by_key and by_key[k] not in others]
     return base + [r for r in others if r not in base]
 
 
@@ -397,27 +400,26 @@ def qualifying(board: pd.DataFrame, *, chance: float, baseline_f1: float | None,
 
 
 def ship_winner(
-    run: Run, board: pd.DataFrame, *, chance: float, baseline_f1: float | None, max_f1_drop: float
+    run: Run,
+    board: pd.DataFrame,
+    *,
+    chance: float,
+    baseline_f1: float | None,
+    max_f1_drop: float,
+    f1_tie: float = 0.0,
 ) -> Winner | NoWinner:
     """Copy the best-ranked deployable candidate that qualifies (``qualifying``) to ``winner/`` (its ONNX model and
-    model card). When none does, ``winner/`` is removed (no stale model stays there) and the reason returned."""
+    model card). With ``f1_tie`` > 0, every qualifying deployable candidate whose test macro-F1 is within ``f1_tie``
+    of the best-ranked one's counts as equally accurate, and the fastest of them at batch 1 ships (ties: the better
+    ranked): on a test split of a few hundred crops, a difference of one or two crops should not buy a slower model.
+    When none qualifies, ``winner/`` is removed (no stale model stays there) and the reason returned."""
+    if isinstance(f1_tie, bool) or not (isinstance(f1_tie, int | float) and 0 <= f1_tie <= 1):
+        raise ValueError(f"f1_tie must be a number in [0, 1], got {f1_tie!r}")
     deployable = board[board["deployable"]]
     ok = deployable[qualifying(deployable, chance=chance, baseline_f1=baseline_f1, max_f1_drop=max_f1_drop)]
-    if ok.empty:
-        shutil.rmtree(run.run_dir / "winner", ignore_errors=True)
-        best = f"; the best deployable scores {deployable['f1_test'].max():.3f}" if not deployable.empty else ""
-        base = (
-            f" and at least {baseline_f1 - max_f1_drop:.3f} (baseline {baseline_f1:.3f} - {max_f1_drop})"
-            if (baseline_f1 is not None)
-            else ""
-        )
-        why = (
-            "no deployable (ONNX) candidate in the leaderboard: run notebook 04 first"
-            if deployable.empty
-            else f"no deployable candidate has test macro-F1 above chance {chance:.3f}{base}{best}"
-        )
-        return NoWinner(why)
-    name = str(ok.index[0])
+    tied = ok[ok["f1_test"] >= float(ok["f1_test"].iloc[0]) - f1_tie] if f1_tie else ok.iloc[:1]
+    order = sorted(range(len(tied)), key=lambda i: (float(tied["latency_b1_ms"].iloc[i]), i))
+    name = str(tied.index[order[0]])
     files = []
     for file in ("model.onnx", "model_card.json"):
         source = run.run_dir / "deploy" / name / file

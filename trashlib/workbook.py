@@ -154,7 +154,7 @@ PARAMETER_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
         ),
         _POSITIVE,
     ),
-    **dict.fromkeys(("augment", "supernet_augment", "distill_alpha", "max_f1_drop"), _FRACTION),
+    **dict.fromkeys(("augment", "supernet_augment", "distill_alpha", "max_f1_drop", "f1_tie"), _FRACTION),
     **dict.fromkeys(("prune_ratios", "split_fractions"), _OPEN_FRACTION),
     "cache_side": (32, None, False, False),
     "energy": (0, 1, True, False),

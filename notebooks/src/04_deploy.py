@@ -32,6 +32,7 @@ run_dir = "../runs/scratch"
 data = "synthetic"
 top_n = 1  # candidates deployed besides the baseline: the lowest published scores
 candidates = []  # or explicit "stage/candidate" names, e.g. ["compress/baseline-pruned50"]
+always_deploy = ["search/searched"]  # deployed too when present, whatever their eager-mode score
 calibration_images = 64
 with_compile = False  # also time torch.compile (about a minute of compilation per model on 2 cores)
 qat_epochs = 0  # > 0: an int8 model losing more than qat_max_drop test F1 is redone with quantization-aware training
@@ -67,6 +68,7 @@ dataset = run.prepared(data)
 params = dict(
     top_n=top_n,
     candidates=candidates,
+    always_deploy=always_deploy,
     calibration_images=calibration_images,
     with_compile=with_compile,
     qat_epochs=qat_epochs,
@@ -87,7 +89,7 @@ if not any(r["candidate"] == "baseline" for r in records):
             ),
         }
     )
-chosen = pick_for_deployment(records, top_n, candidates)
+chosen = pick_for_deployment(records, top_n, candidates, always=always_deploy)
 baseline = next(r for r in records if r["stage"] == "baseline" and r["candidate"] == "baseline")
 display(
     pd.DataFrame(records)

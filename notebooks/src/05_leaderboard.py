@@ -29,6 +29,7 @@ run_dir = "../runs/scratch"
 data = "synthetic"
 rank_by = "score_published"  # or "score_relative" (the competition formula with our baseline as reference)
 max_f1_drop = 0.05  # a winner's test macro-F1 may be at most this far below the baseline's
+f1_tie = 0.0  # candidates within this test macro-F1 of the best-ranked one are equally accurate: the fastest ships
 require_winner = False  # True (profiles real, full): no qualifying candidate fails the notebook, and so the run
 
 # %%
@@ -107,11 +108,16 @@ display(
 # class) and at most `max_f1_drop` below the baseline's. The published score saturates far below F1 0.70, where
 # speed alone would decide: this rule keeps a fast model that learned nothing from shipping. Its ONNX file and model
 # card are copied to `winner/`; when no candidate qualifies, nothing is (and an old `winner/` is removed).
+#
+# With `f1_tie` > 0 (profile `real`: 0.005, two crops in 379 on TrashNet's test split), every qualifying candidate
+# whose test macro-F1 is within `f1_tie` of the best-ranked one's counts as equally accurate and the fastest of them
+# at batch 1 ships: with the published constants the time term is tiny (submit times near 0.5 s against
+# `t_ref` = 43.16 s), so the score would otherwise trade a 1.5x slower model for one more correct crop.
 
 # %%
 chance = chance_f1(dataset)
 baseline_f1 = float(board.loc["baseline", "f1_test"]) if "baseline" in board.index else None
-winner = ship_winner(run, board, chance=chance, baseline_f1=baseline_f1, max_f1_drop=max_f1_drop)
+winner = ship_winner(run, board, chance=chance, baseline_f1=baseline_f1, max_f1_drop=max_f1_drop, f1_tie=f1_tie)
 atomic_write_text(run.path("leaderboard.csv"), leaderboard_csv(board))
 fig = report.plot_candidates(
     board.reset_index().to_dict("records"),
@@ -126,11 +132,20 @@ if isinstance(winner, Winner):
         f"(public {row['f1_public']:.3f}, private {row['f1_private']:.3f}), {row['latency_b1_ms']:.2f} ms at batch 1, "
         f"submit {row['submit_s']:.2f} s, {rank_by} {row[rank_by]:.4f}; chance {chance:.3f}"
     )
+    best_ranked = board[board["deployable"]].index[0]
+    if winner.candidate != best_ranked:
+        print(
+            f"{best_ranked} ranks first ({rank_by} {board.loc[best_ranked, rank_by]:.4f}, test macro-F1 "
+            f"{board.loc[best_ranked, 'f1_test']:.3f}, {board.loc[best_ranked, 'latency_b1_ms']:.2f} ms); within "
+            f"f1_tie {f1_tie} of its F1 the winner is {board.loc[best_ranked, 'latency_b1_ms'] / row['latency_b1_ms']:.2f}x "
+            "faster at batch 1"
+        )
     headline = {
         "winner": winner.candidate,
         "winner_f1": round(float(row["f1_test"]), 4),
         "winner_latency_ms": round(float(row["latency_b1_ms"]), 3),
         "winner_score": round(float(row[rank_by]), 4),
+        "best_ranked": str(board[board["deployable"]].index[0]),
     }
 else:
     print(f"NO WINNER: {winner.reason}; nothing was shipped")

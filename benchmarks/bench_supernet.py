@@ -4,14 +4,14 @@
 
 Reads a run directory where notebook 02 ran in `mode: ofa` (`search/supernet.pt`, `search/ofa.json`, the candidate
 `search/searched/`) and notebook 01's baseline (and teacher when present). Every front point is extracted from the
-supernet and its BatchNorm recalibrated as the search did; then every model (baseline, teacher, the front, the
-fine-tuned pick) is timed at batch 1 with each of `--threads` thread counts in eager PyTorch, onnxruntime fp32 and int8 and
-OpenVINO int8, interleaved over `--rounds` rounds (median of the round medians), and scored on the test split. The
-shipped model (`winner/`, through `trashlib.predict` in its card's runtime) is timed in the same rounds. Prints ratios
-against the baseline, F1, MACs, the supernet's training time, sub-networks scored per hour, and the issue's goals
-(shipped at least 4x faster than the baseline in onnxruntime fp32 at test F1 >= 0.87; a front point at least as
-accurate as the teacher in int8 and faster); writes benchmarks/results/supernet-<run>.json. Not a test: it asserts
-nothing.
+supernet and its BatchNorm recalibrated as the search did; then every model (baseline, teacher, the front, the fine-
+tuned pick) is timed at batch 1 with each of `--threads` thread counts in eager PyTorch, onnxruntime fp32 and int8
+and OpenVINO int8, interleaved over `--rounds` rounds (median of the round medians), and scored on the test split.
+The shipped model (`winner/`, through `trashlib.predict` in its card's runtime) is timed in the same rounds. Prints
+ratios against the baseline, F1, MACs, the supernet's training time, sub-networks scored per hour, and the issue's
+goals (shipped at least 4x faster than the baseline in onnxruntime fp32 at test F1 >= 0.87; a front point at least
+as accurate as the teacher in int8 and faster); writes benchmarks/results/supernet-<run>.json. Not a test: it
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -84,9 +84,7 @@ def main() -> None:
     rows: dict[str, dict[str, Any]] = {}
     for label, (model, spec) in models.items():
         calib = calibration_batches(crops, spec, batch_size=32, max_images=64)
-        sessions[label] = {
-            (rt, th): deployed(model, spec, rt, calibration=calib, threads=th) for rt, th in variants
-        }
+        sessions[label] = {(rt, th): deployed(model, spec, rt, calibration=calib, threads=th) for rt, th in variants}
         rows[label] = {
             "model": spec.name,
             "image_size": spec.image_size,

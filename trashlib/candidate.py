@@ -417,6 +417,20 @@ def ship_winner(
         raise ValueError(f"f1_tie must be a number in [0, 1], got {f1_tie!r}")
     deployable = board[board["deployable"]]
     ok = deployable[qualifying(deployable, chance=chance, baseline_f1=baseline_f1, max_f1_drop=max_f1_drop)]
+    if ok.empty:
+        shutil.rmtree(run.run_dir / "winner", ignore_errors=True)
+        best = f"; the best deployable scores {deployable['f1_test'].max():.3f}" if not deployable.empty else ""
+        base = (
+            f" and at least {baseline_f1 - max_f1_drop:.3f} (baseline {baseline_f1:.3f} - {max_f1_drop})"
+            if (baseline_f1 is not None)
+            else ""
+        )
+        why = (
+            "no deployable (ONNX) candidate in the leaderboard: run notebook 04 first"
+            if deployable.empty
+            else f"no deployable candidate has test macro-F1 above chance {chance:.3f}{base}{best}"
+        )
+        return NoWinner(why)
     tied = ok[ok["f1_test"] >= float(ok["f1_test"].iloc[0]) - f1_tie] if f1_tie else ok.iloc[:1]
     order = sorted(range(len(tied)), key=lambda i: (float(tied["latency_b1_ms"].iloc[i]), i))
     name = str(tied.index[order[0]])

@@ -134,11 +134,11 @@ if isinstance(winner, Winner):
     )
     best_ranked = board[board["deployable"]].index[0]
     if winner.candidate != best_ranked:
+        x_faster = board.loc[best_ranked, "latency_b1_ms"] / row["latency_b1_ms"]
         print(
             f"{best_ranked} ranks first ({rank_by} {board.loc[best_ranked, rank_by]:.4f}, test macro-F1 "
             f"{board.loc[best_ranked, 'f1_test']:.3f}, {board.loc[best_ranked, 'latency_b1_ms']:.2f} ms); within "
-            f"f1_tie {f1_tie} of its F1 the winner is {board.loc[best_ranked, 'latency_b1_ms'] / row['latency_b1_ms']:.2f}x "
-            "faster at batch 1"
+            f"f1_tie {f1_tie} of its F1 the winner is {x_faster:.2f}x faster at batch 1"
         )
     headline = {
         "winner": winner.candidate,

@@ -88,10 +88,12 @@ class Candidate(NamedTuple):
 
 @dataclass(frozen=True)
 class Winner:
-    """The shipped candidate's name and the files copied to `winner/`."""
+    """The shipped candidate's name, the files copied to `winner/`, and the qualifying candidate the score ranks
+    first (the same one unless ``f1_tie`` picked a faster one)."""
 
     candidate: str
     files: list[Path]
+    ranked_first: str = ""
 
 
 @dataclass(frozen=True)
@@ -438,4 +440,4 @@ def ship_winner(
     for file in ("model.onnx", "model_card.json"):
         source = run.run_dir / "deploy" / name / file
         files.append(atomic_write_bytes(run.path("winner", file), source.read_bytes()))
-    return Winner(name, files)
+    return Winner(name, files, str(ok.index[0]))

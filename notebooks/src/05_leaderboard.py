@@ -132,7 +132,7 @@ if isinstance(winner, Winner):
         f"(public {row['f1_public']:.3f}, private {row['f1_private']:.3f}), {row['latency_b1_ms']:.2f} ms at batch 1, "
         f"submit {row['submit_s']:.2f} s, {rank_by} {row[rank_by]:.4f}; chance {chance:.3f}"
     )
-    best_ranked = board[board["deployable"]].index[0]
+    best_ranked = winner.ranked_first
     if winner.candidate != best_ranked:
         x_faster = board.loc[best_ranked, "latency_b1_ms"] / row["latency_b1_ms"]
         print(
@@ -145,7 +145,7 @@ if isinstance(winner, Winner):
         "winner_f1": round(float(row["f1_test"]), 4),
         "winner_latency_ms": round(float(row["latency_b1_ms"]), 3),
         "winner_score": round(float(row[rank_by]), 4),
-        "best_ranked": str(board[board["deployable"]].index[0]),
+        "ranked_first": best_ranked,
     }
 else:
     print(f"NO WINNER: {winner.reason}; nothing was shipped")

@@ -433,9 +433,11 @@ def ship_winner(
             else f"no deployable candidate has test macro-F1 above chance {chance:.3f}{base}{best}"
         )
         return NoWinner(why)
-    tied = ok[ok["f1_test"] >= float(ok["f1_test"].iloc[0]) - f1_tie] if f1_tie else ok.iloc[:1]
-    order = sorted(range(len(tied)), key=lambda i: (float(tied["latency_b1_ms"].iloc[i]), i))
-    name = str(tied.index[order[0]])
+    name = str(ok.index[0])
+    if f1_tie:
+        tied = ok[ok["f1_test"] >= float(ok["f1_test"].iloc[0]) - f1_tie]
+        fastest = min(range(len(tied)), key=lambda i: (float(tied["latency_b1_ms"].iloc[i]), i))
+        name = str(tied.index[fastest])
     files = []
     for file in ("model.onnx", "model_card.json"):
         source = run.run_dir / "deploy" / name / file

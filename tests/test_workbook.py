@@ -222,7 +222,11 @@ def test_eda_notebook_on_real_data(tmp_path, source, crops, classes):
         ({"ofa_expand_ratios": [3, 7]}, "7 is outside [1, 6]"),
         ({"supernet_lr": 0.0}, "0.0 is outside (0, inf)"),
         ({"mode": "darts"}, "parameter mode='darts' (02_search): choose one of ['ofa', 'mnasnet']"),
-        ({"runtime": "tensorrt"}, "parameter runtime='tensorrt' (02_search): choose one of ['onnxruntime-int8', 'onnxruntime-fp32', 'openvino-int8', 'openvino-fp32', 'torch-eager']"),
+        (
+            {"runtime": "tensorrt"},
+            "parameter runtime='tensorrt' (02_search): choose one of "
+            "['onnxruntime-int8', 'onnxruntime-fp32', 'openvino-int8', 'openvino-fp32', 'torch-eager']",
+        ),
     ],
 )
 def test_out_of_range_parameters_are_refused_before_anything_runs(override, message):

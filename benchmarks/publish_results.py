@@ -212,6 +212,14 @@ def first_deployable(rows: list[dict]) -> str:
     return next(r["candidate"] for r in rows if r.get("deployable"))
 
 
+def shipped(run_dir: Path, rows: list[dict]) -> str:
+    """The candidate notebook 05 shipped (its headline: `f1_tie` may ship another than the best-ranked one);
+    the first deployable row for a run that predates the headline's `winner`."""
+    headline = run_dir / "headlines" / "05_leaderboard.json"
+    winner = read_json(headline).get("winner") if headline.is_file() else None
+    return str(winner) if winner else first_deployable(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, nargs="+", help="one run, or one run per seed (averaged)")
@@ -250,12 +258,12 @@ def main() -> None:
         rows = mean_over_runs([r[0] for r in runs], rank_by=args.rank_by)
         doc.update(
             seeds=seeds,
-            winners=[first_deployable(r[0]) for r in runs],
+            winners=[shipped(Path(d), r[0]) for d, r in zip(args.run, runs, strict=True)],
             runs=[Path(r).name for r in args.run],
             rank_by=args.rank_by,
         )
     doc.update(
-        winner=first_deployable(rows),
+        winner=first_deployable(rows) if len(runs) > 1 else shipped(Path(args.run[0]), rows),
         rows=rows,
         versions={
             **{k: machine[k] for k in ("torch", "torchvision", "onnxruntime") if k in machine},

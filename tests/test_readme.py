@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +168,24 @@ def test_publish_script_averages_seeds_and_refuses_a_repeated_seed(tmp_path):
     readme = (tmp_path / "README.md").read_text()
     assert "| winner w-onnx-int8 | 0.500 | 12.00 | 2.40 | 30.00 | 2.00 | 3.00 |" in readme
     assert "(9 images): the competition's loop" in readme and "(6.0x shorter)" in readme
+
+
+def test_publish_script_names_the_candidate_notebook_05_shipped(tmp_path):
+    """With f1_tie, notebook 05 may ship a faster candidate than the best-ranked row: the README names that one."""
+    import subprocess
+    import sys
+
+    script = PROJECT_ROOT / "benchmarks" / "publish_results.py"
+    (tmp_path / "README.md").write_text("x\n<!-- results:one start -->\n<!-- results:one end -->\n")
+    run = Path(_fake_run(tmp_path, "one", 0, 0.8))
+    publish = [sys.executable, str(script), "--command", "make it", "--run", str(run)]
+    done = subprocess.run(publish, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "benchmarks" / "published" / "one.json").read_text())
+    assert doc["winner"] == "w-onnx-int8"  # no headline: the first deployable row
+    (run / "headlines").mkdir()
+    (run / "headlines" / "05_leaderboard.json").write_text(json.dumps({"winner": "baseline", "ranked_first": "w"}))
+    done = subprocess.run(publish, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "benchmarks" / "published" / "one.json").read_text())
+    assert doc["winner"] == "baseline" and "winner **baseline**" in (tmp_path / "README.md").read_text()

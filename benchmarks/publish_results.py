@@ -184,8 +184,8 @@ KEEP = (
 )
 
 
-def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """A finished run's leaderboard rows, its params.yaml and its baseline metrics.json."""
+def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], str]:
+    """A finished run's leaderboard rows, its params.yaml, its baseline metrics.json and the candidate it shipped."""
     run = Run(run_dir)
     board = run.leaderboard().reset_index()
     rows = json.loads(board[[k for k in KEEP if k in board]].to_json(orient="records"))
@@ -195,7 +195,7 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any], dict[
         if params_file.is_file()
         else {"data": "synthetic", "profile": "(the notebooks' own defaults)"}
     )
-    return rows, params, read_json(run.metrics_path("baseline", "baseline"))
+    return rows, params, read_json(run.metrics_path("baseline", "baseline")), shipped(run, rows)
 
 
 def notebook_seconds(run_dir: Path) -> dict[str, float]:
@@ -212,10 +212,10 @@ def first_deployable(rows: list[dict]) -> str:
     return next(r["candidate"] for r in rows if r.get("deployable"))
 
 
-def shipped(run_dir: Path, rows: list[dict]) -> str:
+def shipped(run: Run, rows: list[dict]) -> str:
     """The candidate notebook 05 shipped (its headline: `f1_tie` may ship another than the best-ranked one);
     the first deployable row for a run that predates the headline's `winner`."""
-    headline = run_dir / "headlines" / "05_leaderboard.json"
+    headline = run.run_dir / "headlines" / "05_leaderboard.json"  # read only: Run.path would create the folder
     winner = read_json(headline).get("winner") if headline.is_file() else None
     return str(winner) if winner else first_deployable(rows)
 
@@ -242,7 +242,7 @@ def main() -> None:
     if len(runs) > 1 and not args.name:
         parser.error("--name is required with more than one --run")
     name = args.name or Path(args.run[0]).name
-    rows, params, baseline = runs[0]
+    rows, params, baseline, winner = runs[0]
     machine = baseline["metrics"]["machine"]
     doc = {
         "run": name,
@@ -258,12 +258,12 @@ def main() -> None:
         rows = mean_over_runs([r[0] for r in runs], rank_by=args.rank_by)
         doc.update(
             seeds=seeds,
-            winners=[shipped(Path(d), r[0]) for d, r in zip(args.run, runs, strict=True)],
+            winners=[r[3] for r in runs],
             runs=[Path(r).name for r in args.run],
             rank_by=args.rank_by,
         )
     doc.update(
-        winner=first_deployable(rows) if len(runs) > 1 else shipped(Path(args.run[0]), rows),
+        winner=first_deployable(rows) if len(runs) > 1 else winner,
         rows=rows,
         versions={
             **{k: machine[k] for k in ("torch", "torchvision", "onnxruntime") if k in machine},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,9 +110,6 @@ def _fake_run(root, name: str, seed: int, f1: float) -> str:
 
 
 def test_publish_script_averages_seeds_and_refuses_a_repeated_seed(tmp_path):
-    import subprocess
-    import sys
-
     script = PROJECT_ROOT / "benchmarks" / "publish_results.py"
     (tmp_path / "README.md").write_text("x\n<!-- results:taco-seeds start -->\n<!-- results:taco-seeds end -->\n")
     runs = [_fake_run(tmp_path, f"s{seed}", seed, f1) for seed, f1 in ((0, 0.5), (1, 0.6), (2, 0.7))]
@@ -172,9 +170,6 @@ def test_publish_script_averages_seeds_and_refuses_a_repeated_seed(tmp_path):
 
 def test_publish_script_names_the_candidate_notebook_05_shipped(tmp_path):
     """With f1_tie, notebook 05 may ship a faster candidate than the best-ranked row: the README names that one."""
-    import subprocess
-    import sys
-
     script = PROJECT_ROOT / "benchmarks" / "publish_results.py"
     (tmp_path / "README.md").write_text("x\n<!-- results:one start -->\n<!-- results:one end -->\n")
     run = Path(_fake_run(tmp_path, "one", 0, 0.8))

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 
@@ -29,6 +30,7 @@ from trashlib.supernet import (
     latency_check,
     load_supernet,
     open_ofa_study,
+    pick_within,
     recalibrate_bn,
     recalibration_images,
     run_ofa_search,
@@ -301,6 +303,28 @@ def test_latency_check_and_search_run_at_smoke_size(supernet: ElasticLite0, tmp_
     assert front and all(SubnetConfig.from_dict(t.user_attrs["subnet"]) for t in front)
     with pytest.raises(SupernetError, match="was made with settings"):
         open_ofa_study(tmp_path / "journal.log", "ofa", SPACE, "onnxruntime-fp32")
+
+
+def _trials(points: list[tuple[float, float]]) -> list[optuna.trial.FrozenTrial]:
+    """Completed two-objective trials at ``(val_f1, latency_ms)``, numbered in order."""
+    return [optuna.trial.create_trial(values=[f1, ms], params={}, distributions={}) for f1, ms in points]
+
+
+def test_pick_within_takes_the_most_accurate_point_inside_the_speed_budget() -> None:
+    trials = _trials([(0.70, 0.3), (0.80, 0.45), (0.86, 0.5), (0.86, 0.6), (0.90, 1.0)])
+    for index, trial in enumerate(trials):
+        trial.number = index
+    assert pick_within(trials, 2.0, 4.0).number == 2  # budget 0.5 ms: 0.86 at 0.5, not the later 0.86 at 0.6
+    assert pick_within(trials, 2.0, 3.0).number == 2  # budget 0.67 ms: a tie on F1 goes to the faster
+    assert pick_within(trials, 2.0, 1.5).number == 4
+    assert pick_within(trials, 1.0, 10.0).number == 0  # nothing within 0.1 ms: the fastest
+    for bad in (0, -1.0, float("nan"), True, "4"):
+        with pytest.raises(SupernetError, match="ofa_speedup must be a number > 0"):
+            pick_within(trials, 2.0, bad)  # type: ignore[arg-type]
+    with pytest.raises(SupernetError, match="reference latency must be > 0"):
+        pick_within(trials, 0.0, 4.0)
+    with pytest.raises(SupernetError, match="no completed trial"):
+        pick_within([], 2.0, 4.0)
 
 
 def test_mnasnet_trial_is_timed_in_the_deploy_runtime() -> None:

@@ -222,6 +222,9 @@ def test_eda_notebook_on_real_data(tmp_path, source, crops, classes):
         ({"ofa_expand_ratios": [3, 7]}, "7 is outside [1, 6]"),
         ({"supernet_lr": 0.0}, "0.0 is outside (0, inf)"),
         ({"mode": "darts"}, "parameter mode='darts' (02_search): choose one of ['ofa', 'mnasnet']"),
+        ({"ofa_pick": "front"}, "parameter ofa_pick='front' (02_search): choose one of ['score', 'speedup']"),
+        ({"ofa_distill_from": "self"}, "choose one of ['largest', 'teacher']"),
+        ({"ofa_speedup": 0}, "parameter ofa_speedup=0.0 (02_search): 0.0 is outside (0, inf)"),
         (
             {"runtime": "tensorrt"},
             "parameter runtime='tensorrt' (02_search): choose one of "

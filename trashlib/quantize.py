@@ -740,3 +740,11 @@ def time_deployed(
     x = np.random.default_rng(0).standard_normal((1, 3, image_size, image_size)).astype(np.float32)
     with torch_threads(threads):
         return float(measure_latency(lambda: fn(x), warmup=warmup, runs=runs)["median_ms"])
+
+
+def time_deployed_rounds(
+    fn: Callable[[np.ndarray], Any], image_size: int, *, rounds: int = 3, runs: int = 10, threads: int = 1
+) -> float:
+    """The median over ``rounds`` of ``time_deployed`` (each ``runs`` calls): steadier than one longer measurement
+    when the machine's speed drifts."""
+    return float(np.median([time_deployed(fn, image_size, runs=runs, threads=threads) for _ in range(rounds)]))

@@ -362,9 +362,10 @@ def plot_fronts(
     *,
     runtime: str,
     chosen: tuple[float, float] | None = None,
+    budget_ms: float | None = None,
 ) -> matplotlib.figure.Figure:
     """Each search's points ``(latency_ms, f1)`` with its Pareto front joined, the ``landmarks`` (e.g. baseline and
-    teacher, timed in the same runtime) as stars, the chosen point ringed."""
+    teacher, timed in the same runtime) as stars, the chosen point ringed, a latency budget as a dashed line."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for index, (name, points) in enumerate(fronts.items()):
         if not points:
@@ -382,6 +383,8 @@ def plot_fronts(
         ax.scatter([ms], [f1], marker="*", s=250, color=f"C{index + 4}", edgecolors="k", label=name)
     if chosen is not None:
         ax.scatter([chosen[0]], [chosen[1]], s=220, facecolors="none", edgecolors="C3", linewidths=2, label="chosen")
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="0.3", linestyle="--", lw=1, label=f"latency budget {budget_ms:.2f} ms")
     ax.set(xlabel=f"batch-1 latency (ms, {runtime})", ylabel="validation macro-F1", title="search fronts")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

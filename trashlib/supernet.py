@@ -735,6 +735,23 @@ def pick_front(
     return sorted(trials, key=score)[:k]
 
 
+def pick_within(
+    trials: Sequence[optuna.trial.FrozenTrial], reference_ms: float, speedup: float
+) -> optuna.trial.FrozenTrial:
+    """The most accurate trial at least ``speedup`` times faster than ``reference_ms`` (ties go to the faster, then
+    the earlier); the fastest trial when none is that fast."""
+    if not trials:
+        raise SupernetError("no completed trial to pick from")
+    if isinstance(speedup, bool) or not isinstance(speedup, int | float) or not math.isfinite(speedup) or speedup <= 0:
+        raise SupernetError(f"ofa_speedup must be a number > 0, got {speedup!r}")
+    if not math.isfinite(reference_ms) or reference_ms <= 0:
+        raise SupernetError(f"the reference latency must be > 0 ms, got {reference_ms!r}")
+    within = [t for t in trials if t.values[1] * speedup <= reference_ms]
+    if not within:
+        return min(trials, key=lambda t: (t.values[1], -t.values[0], t.number))
+    return min(within, key=lambda t: (-t.values[0], t.values[1], t.number))
+
+
 def mnasnet_studies(storage: str | Path, prefix: str) -> list[optuna.Study]:
     """The MnasNet (``tune``) studies named ``prefix-...`` in ``storage``, for drawing both searches together."""
     from trashlib.tune import SETTINGS_ATTR

@@ -149,6 +149,7 @@ PARAMETER_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
             "target_ms",
             "distill_temperature",
             "min_speedup",
+            "ofa_speedup",
             "max_error",
             "width_mults",
         ),
@@ -167,6 +168,8 @@ _SIZES = ("image_size", "teacher_image_size", "image_sizes", "ofa_resolutions")
 PARAMETER_CHOICES: dict[str, tuple[str, ...]] = {
     "mode": ("ofa", "mnasnet"),
     "mnasnet_objective": ("multi", "reward"),
+    "ofa_pick": ("score", "speedup"),
+    "ofa_distill_from": ("largest", "teacher"),
     "runtime": ("onnxruntime-int8", "onnxruntime-fp32", "openvino-int8", "openvino-fp32", "torch-eager"),
 }
 

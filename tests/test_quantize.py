@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,33 @@ def test_pt2e_int8_agrees_with_fp32_and_runs_any_batch(small, batches):
             assert model(x).shape == (n, 6)
 
 
+class _SubclassedConv(nn.Conv2d):
+    """A Conv2d subclass: PT2E's X86InductorQuantizer matches modules by type and leaves it in float."""
+
+
+class SubclassedConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = _SubclassedConv(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1), 1))
+
+
+def test_pt2e_quantizes_every_convolution_of_efficientnet_lite0(batches):
+    model = build_model("efficientnet_lite0", 6).eval()  # its TF 'SAME' convolutions are plain nn.Conv2d
+    assert isinstance(quantize.quantize_pt2e(model, SPEC, batches), ChunkedGraph)  # raises if one stayed float
+
+
+def test_pt2e_that_leaves_convolutions_float_is_an_error_and_fx_takes_over(batches):
+    model = SubclassedConvNet().eval()
+    with pytest.raises(QuantizeError, match=r"PT2E left 1 of 1 convolutions in float"):
+        quantize.quantize_pt2e(model, SPEC, batches)
+    _, method, fallback = quantize_int8(model, SPEC, batches)
+    assert method == "fx-x86" and "left 1 of 1 convolutions in float" in fallback
+
+
 def test_fx_is_the_fallback_when_pt2e_fails(small, batches, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("export not supported here")
@@ -177,6 +205,31 @@ def test_runtime_table_times_every_variant_against_the_first_and_its_floor(small
     assert all(r["floor_b1_ms"] > 0 and r["x_floor_b1"] > 0 for r in rows)
 
 
+class _Sleeper(nn.Module):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return x
+
+
+def test_fastest_thread_count_picks_the_quickest_count_and_fewer_threads_on_a_tie(monkeypatch):
+    count, ms = quantize.fastest_thread_count(lambda n: _Sleeper(0.004 if n == 2 else 0.001), 32, [2, 1], runs=3)
+    assert count == 1 and set(ms) == {1, 2} and ms[2] > ms[1] >= 1.0
+    count, _ = quantize.fastest_thread_count(lambda n: _Sleeper(0.004 if n == 1 else 0.001), 32, (1, 2), runs=3)
+    assert count == 2
+    monkeypatch.setattr(quantize, "measure_latency", lambda fn, warmup, runs: {"median_ms": 0.5})
+    assert quantize.fastest_thread_count(lambda n: _Sleeper(0.0), 32, (4, 1, 2)) == (1, {1: 0.5, 2: 0.5, 4: 0.5})
+
+
+@pytest.mark.parametrize("choices", [(), (0, 1), (1.5, 2), (True, 2)])
+def test_thread_choices_that_are_not_whole_counts_are_an_error(choices):
+    with pytest.raises(QuantizeError, match="thread_choices must be whole numbers >= 1"):
+        quantize.fastest_thread_count(lambda n: _Sleeper(0.0), 32, choices)
+
+
 @pytest.fixture
 def tiny(coco_factory, tmp_path):
     root, _ = coco_factory(six_class_photos(36))
@@ -191,9 +244,25 @@ def test_deploy_writes_every_runtime_times_the_shipped_path_and_flags_a_failure_
     source = {"stage": "baseline", **assess_candidate("baseline", model, spec, tiny, threads=1, latency_runs=3)}
     save_candidate(run, "baseline", source, model, spec, params={})
     records = deploy_candidate(
-        run, "baseline", model, spec, source, tiny, params={}, threads=1, latency_runs=3, calibration_images=16
+        run,
+        "baseline",
+        model,
+        spec,
+        source,
+        tiny,
+        params={},
+        threads=1,
+        latency_runs=3,
+        calibration_images=16,
+        thread_choices=(1, 2),
     ).records
     assert [r["runtime"] for r in records] == ["pt2e-int8", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
+    assert "thread_b1_ms" not in records[0] and records[0]["threads"] == 1  # PT2E runs in torch at `threads`
+    for r in records[1:]:  # each ONNX variant runs at its fastest count, written in its card
+        assert set(r["thread_b1_ms"]) == {"1", "2"} and r["threads"] in (1, 2)
+        assert r["thread_b1_ms"][str(r["threads"])] == min(r["thread_b1_ms"].values())
+        card = json.loads((run.run_dir / "deploy" / r["candidate"] / "model_card.json").read_text())
+        assert card["threads_b1"] == r["threads"]
     assert all(r["flagged"] is None and r["macs"] == source["macs"] for r in records)
     assert records[1]["max_abs_diff"] < 1e-3 and records[1]["f1_test"] == pytest.approx(source["f1_test"])
     assert records[3]["max_abs_diff"] < 1e-3 and records[3]["f1_test"] == pytest.approx(source["f1_test"])

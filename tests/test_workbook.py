@@ -217,6 +217,7 @@ def test_eda_notebook_on_real_data(tmp_path, source, crops, classes):
         ({"energy": 0.0}, "0.0 is outside (0, 1]"),
         ({"split_fractions": [0.7, 0.3, 0.0]}, "0.0 is outside (0, 1)"),
         ({"threads": 0}, "0 is outside [1, inf)"),
+        ({"thread_choices": [1, 0]}, "parameter thread_choices=[1, 0] (04_deploy): 0 is outside [1, inf)"),
         ({"ofa_resolutions": [96, 100]}, "100 must be a multiple of 32"),
         ({"latency_check_n": 2}, "2 is outside [3, inf)"),
         ({"ofa_expand_ratios": [3, 7]}, "7 is outside [1, 6]"),

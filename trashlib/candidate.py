@@ -60,6 +60,7 @@ class CandidateRecord(TypedDict, total=False):
     per_class: dict[str, dict[str, float]]
     confusion_matrix: list[list[int]]
     threads: int
+    thread_b1_ms: dict[str, float]
     machine: dict[str, Any]
     weights_sha256: str
     reload_max_diff: float

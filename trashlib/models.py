@@ -696,19 +696,22 @@ def atomic_torch_save(obj: Any, path: Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-class _TFSameConv2d(nn.Conv2d):
-    """Bias-free Conv2d with TensorFlow 'SAME' padding (exact for even inputs at stride 2)."""
+def _tf_same_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """A plain bias-free ``nn.Conv2d`` for TensorFlow 'SAME' padding: symmetric padding at stride 1; at stride 2 none,
+    the caller pads with ``_tf_same_pad`` first. A plain ``nn.Conv2d`` (not a subclass), so that quantizers that
+    match modules by type (PT2E's ``X86InductorQuantizer``) quantize it."""
+    symmetric = (kernel_size - 1) // 2 if stride == 1 else 0
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=symmetric, groups=groups, bias=False)
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> None:
-        symmetric = (kernel_size - 1) // 2 if stride == 1 else 0
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding=symmetric, groups=groups, bias=False)
-        total = max(kernel_size - stride, 0)
-        self.tf_pad = (total // 2, total - total // 2) * 2 if stride > 1 else (0, 0, 0, 0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(self.tf_pad):
-            x = F.pad(x, self.tf_pad)
-        return super().forward(x)
+def _tf_same_pad(kernel_size: int, stride: int) -> tuple[int, int, int, int]:
+    """The ``F.pad`` amounts before a strided ``_tf_same_conv`` (exact for even inputs at stride 2)."""
+    total = max(kernel_size - stride, 0)
+    return (total // 2, total - total // 2) * 2 if stride > 1 else (0, 0, 0, 0)
+
+
+def _pad(x: torch.Tensor, amounts: tuple[int, int, int, int]) -> torch.Tensor:
+    return F.pad(x, amounts) if any(amounts) else x
 
 
 class _MBConv(nn.Module):
@@ -721,11 +724,12 @@ class _MBConv(nn.Module):
         mid = cin * expand if mid is None else mid
         self.expand = expand != 1
         if self.expand:
-            self._expand_conv = _TFSameConv2d(cin, mid, 1)
+            self._expand_conv = _tf_same_conv(cin, mid, 1)
             self._bn0 = nn.BatchNorm2d(mid, eps=1e-3)
-        self._depthwise_conv = _TFSameConv2d(mid, mid, kernel, stride, groups=mid)
+        self.dw_pad = _tf_same_pad(kernel, stride)
+        self._depthwise_conv = _tf_same_conv(mid, mid, kernel, stride, groups=mid)
         self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
-        self._project_conv = _TFSameConv2d(mid, cout, 1)
+        self._project_conv = _tf_same_conv(mid, cout, 1)
         self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
         self.residual = stride == 1 and cin == cout
         self.drop_rate = drop_rate
@@ -734,7 +738,7 @@ class _MBConv(nn.Module):
         x = inputs
         if self.expand:
             x = F.relu6(self._bn0(self._expand_conv(x)))
-        x = F.relu6(self._bn1(self._depthwise_conv(x)))
+        x = F.relu6(self._bn1(self._depthwise_conv(_pad(x, self.dw_pad))))
         x = self._bn2(self._project_conv(x))
         if self.residual:
             x = stochastic_depth(x, self.drop_rate, "row", self.training) + inputs
@@ -755,7 +759,8 @@ class EfficientNetLite0(nn.Module):
         widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self._conv_stem = _TFSameConv2d(3, 32, 3, 2)
+        self.stem_pad = _tf_same_pad(3, 2)
+        self._conv_stem = _tf_same_conv(3, 32, 3, 2)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
         all_specs = lite0_blocks()
         kept = [
@@ -769,7 +774,7 @@ class EfficientNetLite0(nn.Module):
             _MBConv(*spec, drop_rate=drop_connect * index / len(specs), mid=mid)
             for index, (spec, mid) in enumerate(zip(specs, mids, strict=True))
         )
-        self._conv_head = _TFSameConv2d(320, 1280, 1)
+        self._conv_head = _tf_same_conv(320, 1280, 1)
         self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, num_classes)
@@ -781,7 +786,7 @@ class EfficientNetLite0(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(_pad(x, self.stem_pad))))
         for block in self._blocks:
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import json
 import tempfile
@@ -105,9 +106,25 @@ def quantize_pt2e(model: nn.Module, spec: ModelSpec, batches: Sequence[torch.Ten
         for x in batches:
             prepared(x)
         converted = convert_pt2e(prepared)
+        _check_all_convolutions_quantized(converted, spec.name)
         single = lower_pt2e_quantized_to_x86(converted, (torch.zeros(1, 3, size, size),))
         chunked = lower_pt2e_quantized_to_x86(converted, (torch.zeros(CHUNK, 3, size, size),))
     return ChunkedGraph(single, chunked).eval()
+
+
+def _check_all_convolutions_quantized(converted: torch.fx.GraphModule, name: str) -> None:
+    """A ``QuantizeError`` when a convolution of the converted PT2E graph still takes float weights: the quantizer
+    matches modules by type (a subclass of ``nn.Conv2d`` is not matched), and a model that is mostly float must
+    not be reported as int8."""
+    convs = [n for n in converted.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.conv2d.default]
+    float_convs = [
+        n.name for n in convs if not (isinstance(n.args[1], torch.fx.Node) and "dequantize" in str(n.args[1].target))
+    ]
+    if float_convs:
+        raise QuantizeError(
+            f"{name}: PT2E left {len(float_convs)} of {len(convs)} convolutions in float "
+            f"(first: {float_convs[0]}); the quantizer did not match them"
+        )
 
 
 def quantization_aware_training(
@@ -462,6 +479,7 @@ def deploy_candidate(
     calibration_images: int = 256,
     qat_epochs: int = 0,
     qat_max_drop: float = 0.02,
+    thread_choices: Sequence[int] = (),
 ) -> Deployment:
     """PT2E int8 (FX fallback) in torch, ONNX fp32 and ONNX int8 (QDQ) in onnxruntime and the same two files in
     OpenVINO, each assessed like every candidate (test F1, latency, throughput, scores) and checked against the
@@ -470,7 +488,9 @@ def deploy_candidate(
     (``model.onnx``, ``model_card.json``, ``metrics.json``). A runtime that fails gets a record with
     ``flagged`` (the reason) and no model; the fp32 source stays the candidate for it. With ``qat_epochs``,
     a PT2E int8 model that loses more than ``qat_max_drop`` test macro-F1 is redone with quantization-aware
-    training (``<label>-qat-int8``).
+    training (``<label>-qat-int8``). With two or more ``thread_choices``, each ONNX variant runs (and is assessed)
+    at the count with the lowest batch-1 latency (``fastest_thread_count``), recorded as ``threads`` and as the
+    card's ``threads_b1``; the submit time stays at ``threads``.
     """
     train_x, _ = data.split("train")
     batches = calibration_batches(train_x[:calibration_images], spec)
@@ -499,18 +519,18 @@ def deploy_candidate(
                         prepare=data.meta["config"],
                     ),
                 )
-                deployed = OrtModel(onnx_fp32, threads)
+                deployed = _onnx_runner(runtime, onnx_fp32, threads)
             elif runtime == "onnx-int8":
                 if onnx_fp32 is None:
                     raise QuantizeError("no fp32 ONNX model to quantize (its export failed)")
                 path = quantize_onnx_int8(onnx_fp32, folder / "model.onnx", batches)
-                deployed = OrtModel(path, threads)
+                deployed = _onnx_runner(runtime, path, threads)
             else:  # the same ONNX files in another runtime
                 onnx_file = run.path("deploy", f"{label}-onnx-{runtime.rsplit('-', 1)[1]}", "model.onnx")
                 if not onnx_file.is_file():
                     raise QuantizeError(f"no ONNX model for {runtime} (onnx-{runtime.rsplit('-', 1)[1]} failed)")
-                deployed = RunnerModel(onnx_file, threads, DEPLOY_RUNNERS[runtime])
                 atomic_write_bytes(folder / "model.onnx", onnx_file.read_bytes())
+                deployed = _onnx_runner(runtime, folder / "model.onnx", threads)
         except QuantizeError as error:  # stays in the leaderboard as its fp32 source, flagged
             flagged = source.copy()
             flagged.pop("stage", None)
@@ -519,8 +539,14 @@ def deploy_candidate(
             run.write_metrics(f"deploy/{name}", dict(flagged), params)
             records.append(flagged)
             continue
+        run_threads = threads
+        if runtime in DEPLOY_RUNNERS and len(set(thread_choices)) > 1:
+            make = functools.partial(_onnx_runner, runtime, folder / "model.onnx")
+            run_threads, thread_ms = fastest_thread_count(make, spec.image_size, thread_choices)
+            deployed = make(run_threads)
+            info["thread_b1_ms"] = {str(n): ms for n, ms in thread_ms.items()}
         record = assess_candidate(
-            name, deployed, spec, data, threads=threads, baseline=baseline, latency_runs=latency_runs
+            name, deployed, spec, data, threads=run_threads, baseline=baseline, latency_runs=latency_runs
         )
         agree = agreement(model, deployed, check)
         record.update(info)
@@ -545,6 +571,7 @@ def deploy_candidate(
                     "source": label,
                     "f1_test": record["f1_test"],
                     "latency_b1_ms": record["latency_b1_ms"],
+                    "threads_b1": run_threads,
                     "macs": source.get("macs"),
                 },
                 prepare=data.meta["config"],
@@ -577,6 +604,34 @@ def deploy_candidate(
             models["qat-int8"] = qat.model
             records.append(qat.record)
     return Deployment(models, records)
+
+
+def _onnx_runner(runtime: str, path: Path, threads: int) -> nn.Module:
+    """A deployed ONNX file as the workbook times it: an ``OrtModel`` for onnxruntime, a ``RunnerModel`` otherwise."""
+    if DEPLOY_RUNNERS[runtime] == "onnxruntime":
+        return OrtModel(path, threads)
+    return RunnerModel(path, threads, DEPLOY_RUNNERS[runtime])
+
+
+def fastest_thread_count(
+    make: Callable[[int], nn.Module], image_size: int, choices: Sequence[int], *, rounds: int = 5, runs: int = 20
+) -> tuple[int, dict[int, float]]:
+    """The thread count in ``choices`` at which ``make(count)`` runs batch 1 fastest, and each count's median
+    latency in ms: the models are timed interleaved over ``rounds`` rounds of ``runs`` calls (the median of the
+    round medians); a tie goes to fewer threads. Small networks often run faster on one thread than on two, where
+    waking the second thread for each small operator costs more than it saves."""
+    counts = sorted(set(choices))
+    if not counts or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts):
+        raise QuantizeError(f"thread_choices must be whole numbers >= 1, got {list(choices)!r}")
+    models = {n: make(n) for n in counts}
+    x = torch.randn(1, 3, image_size, image_size)
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for n, module in models.items():
+                times[n].append(measure_latency(functools.partial(module, x), warmup=3, runs=runs)["median_ms"])
+    medians = {n: float(np.median(t)) for n, t in times.items()}
+    return min(counts, key=lambda n: (medians[n], n)), medians
 
 
 def runtime_kernels(run: Run, label: str, *, threads: int = 1) -> dict[str, dict[str, int]]:

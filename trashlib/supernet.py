@@ -27,6 +27,7 @@ from trashlib.models import (
     ModelError,
     ModelSpec,
     _MBConv,
+    _pad,
     atomic_torch_save,
     build_model,
     check_subnet,
@@ -238,9 +239,7 @@ def _elastic_block(block: _MBConv, x: torch.Tensor, width: int) -> torch.Tensor:
     if block.expand:
         x = F.relu6(_slice_bn(block._bn0, F.conv2d(x, block._expand_conv.weight[:width]), width))
     dw = block._depthwise_conv
-    if any(dw.tf_pad):
-        x = F.pad(x, dw.tf_pad)
-    x = F.conv2d(x, dw.weight[:width], None, dw.stride, dw.padding, dw.dilation, width)
+    x = F.conv2d(_pad(x, block.dw_pad), dw.weight[:width], None, dw.stride, dw.padding, dw.dilation, width)
     x = F.relu6(_slice_bn(block._bn1, x, width))
     x = block._bn2(F.conv2d(x, block._project_conv.weight[:, :width]))
     if block.residual:
@@ -281,7 +280,7 @@ class ElasticLite0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         net, cfg = self.net, self.active
-        x = F.relu6(net._bn0(net._conv_stem(x)))
+        x = F.relu6(net._bn0(net._conv_stem(_pad(x, net.stem_pad))))
         for index in cfg.kept_blocks():
             block = net._blocks[index]
             assert isinstance(block, _MBConv)

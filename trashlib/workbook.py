@@ -129,6 +129,7 @@ PARAMETER_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
             "latency_check_runs",
             "ofa_finetune_epochs",
             "ofa_min_depth",
+            "thread_choices",
         ),
         _AT_LEAST_1,
     ),

@@ -39,6 +39,7 @@ qat_epochs = 0  # > 0: an int8 model losing more than qat_max_drop test F1 is re
 qat_max_drop = 0.02
 seed = 0
 threads = 2
+thread_choices = []  # two or more counts, e.g. [1, 2]: each ONNX variant runs at its fastest batch-1 count of these
 latency_runs = 10
 compare_rounds = 5
 standin_epochs = 2
@@ -75,6 +76,7 @@ params = dict(
     qat_max_drop=qat_max_drop,
     seed=seed,
     threads=threads,
+    thread_choices=thread_choices,
     latency_runs=latency_runs,
     compare_rounds=compare_rounds,
 )
@@ -110,7 +112,11 @@ print("deploying:", ", ".join(f"{r['stage']}/{r['candidate']}" for r in chosen))
 # `submit_loop_s` is the torch harness's loop over the same files and `submit_f1_change` what the reduced-size
 # decoding costs in macro-F1. A runtime that fails is flagged and the candidate stays in the leaderboard as fp32. With
 # `qat_epochs` > 0, a PT2E int8 model that loses more than `qat_max_drop` test macro-F1 is redone with
-# quantization-aware training (fake-quantized fine-tuning; slow on CPU, so off by default).
+# quantization-aware training (fake-quantized fine-tuning; slow on CPU, so off by default). With two or more
+# `thread_choices`, each ONNX variant is timed at batch 1 at each count, interleaved, and runs at the fastest: a
+# small network's many small operators can run faster on one thread than on two, where waking the second thread
+# costs more than it saves. The count is the record's `threads` and the card's `threads_b1`; the submit time
+# (batches of 32) stays at `threads`.
 
 # %%
 seed_everything(seed)
@@ -134,6 +140,7 @@ for source in chosen:
         calibration_images=calibration_images,
         qat_epochs=qat_epochs,
         qat_max_drop=qat_max_drop,
+        thread_choices=thread_choices,
     )
     deployed[source["candidate"]] = deployment.models
     deploy_records += deployment.records
@@ -260,6 +267,7 @@ columns = [
     "f1_change",
     "top1_agreement",
     "latency_b1_ms",
+    "threads",
     "submit_s",
     "submit_f1_change",
     "size_bytes",

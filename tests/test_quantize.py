@@ -220,7 +220,7 @@ def test_fastest_thread_count_picks_the_quickest_count_and_fewer_threads_on_a_ti
     assert count == 1 and set(ms) == {1, 2} and ms[2] > ms[1] >= 1.0
     count, _ = quantize.fastest_thread_count(lambda n: _Sleeper(0.004 if n == 1 else 0.001), 32, (1, 2), runs=3)
     assert count == 2
-    monkeypatch.setattr(quantize, "measure_latency", lambda fn, warmup, runs: {"median_ms": 0.5})
+    monkeypatch.setattr(quantize, "compare_models", lambda models, *args: {n: {"median_ms": 0.5} for n in models})
     assert quantize.fastest_thread_count(lambda n: _Sleeper(0.0), 32, (4, 1, 2)) == (1, {1: 0.5, 2: 0.5, 4: 0.5})
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trashlib.bench import measure_latency, torch_threads
+from trashlib.bench import compare_models, measure_latency, torch_threads
 from trashlib.candidate import CandidateRecord, assess_candidate
 from trashlib.data import PrepareConfig, PreparedData
 from trashlib.files import atomic_write_bytes, atomic_write_json, sha256_file
@@ -617,20 +617,14 @@ def fastest_thread_count(
     make: Callable[[int], nn.Module], image_size: int, choices: Sequence[int], *, rounds: int = 5, runs: int = 20
 ) -> tuple[int, dict[int, float]]:
     """The thread count in ``choices`` at which ``make(count)`` runs batch 1 fastest, and each count's median
-    latency in ms: the models are timed interleaved over ``rounds`` rounds of ``runs`` calls (the median of the
-    round medians); a tie goes to fewer threads. Small networks often run faster on one thread than on two, where
-    waking the second thread for each small operator costs more than it saves."""
+    latency in ms: the models are timed interleaved by ``bench.compare_models`` over ``rounds`` rounds of ``runs``
+    calls; a tie goes to fewer threads. Small networks often run faster on one thread than on two, where waking
+    the second thread for each small operator costs more than it saves."""
     counts = sorted(set(choices))
     if not counts or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts):
         raise QuantizeError(f"thread_choices must be whole numbers >= 1, got {list(choices)!r}")
-    models = {n: make(n) for n in counts}
-    x = torch.randn(1, 3, image_size, image_size)
-    times: dict[int, list[float]] = {n: [] for n in counts}
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for n, module in models.items():
-                times[n].append(measure_latency(functools.partial(module, x), warmup=3, runs=runs)["median_ms"])
-    medians = {n: float(np.median(t)) for n, t in times.items()}
+    timing = compare_models({str(n): (make(n), image_size) for n in counts}, 1, 1, rounds, runs)
+    medians = {n: float(timing[str(n)]["median_ms"]) for n in counts}
     return min(counts, key=lambda n: (medians[n], n)), medians
 
 

@@ -236,6 +236,15 @@ def tiny(coco_factory, tmp_path):
     return prepare_dataset(root, tmp_path / "data", PrepareConfig(cache_side=32), progress=False)
 
 
+def test_deploy_refuses_bad_thread_choices_before_writing_anything(tiny, tmp_path):
+    model = build_model("mnasnet0_5", len(tiny.classes), 32).eval()
+    spec = ModelSpec.create("mnasnet0_5", tiny.classes, 32)
+    run = open_run(tmp_path / "run")
+    with pytest.raises(QuantizeError, match=r"thread_choices must be whole numbers >= 1, got \[1, 0\]"):
+        deploy_candidate(run, "m", model, spec, {"stage": "baseline"}, tiny, params={}, thread_choices=(1, 0))
+    assert not (run.run_dir / "deploy").exists()
+
+
 def test_deploy_writes_every_runtime_times_the_shipped_path_and_flags_a_failure_as_fp32(tiny, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = build_model("mnasnet0_5", len(tiny.classes), 32).eval()

@@ -492,6 +492,7 @@ def deploy_candidate(
     at the count with the lowest batch-1 latency (``fastest_thread_count``), recorded as ``threads`` and as the
     card's ``threads_b1``; the submit time stays at ``threads``.
     """
+    counts = thread_counts(thread_choices) if thread_choices else []
     train_x, _ = data.split("train")
     batches = calibration_batches(train_x[:calibration_images], spec)
     val_x, _ = data.split("val")
@@ -504,6 +505,7 @@ def deploy_candidate(
         folder = run.path("deploy", name, "model.onnx").parent
         info = CandidateRecord(source=label, source_stage=source.get("stage"), runtime=runtime)
         deployed: nn.Module
+        run_threads = threads
         try:
             if runtime == "pt2e-int8":
                 deployed, method, fallback = quantize_int8(model, spec, batches)
@@ -519,18 +521,21 @@ def deploy_candidate(
                         prepare=data.meta["config"],
                     ),
                 )
-                deployed = _onnx_runner(runtime, onnx_fp32, threads)
             elif runtime == "onnx-int8":
                 if onnx_fp32 is None:
                     raise QuantizeError("no fp32 ONNX model to quantize (its export failed)")
-                path = quantize_onnx_int8(onnx_fp32, folder / "model.onnx", batches)
-                deployed = _onnx_runner(runtime, path, threads)
+                quantize_onnx_int8(onnx_fp32, folder / "model.onnx", batches)
             else:  # the same ONNX files in another runtime
                 onnx_file = run.path("deploy", f"{label}-onnx-{runtime.rsplit('-', 1)[1]}", "model.onnx")
                 if not onnx_file.is_file():
                     raise QuantizeError(f"no ONNX model for {runtime} (onnx-{runtime.rsplit('-', 1)[1]} failed)")
                 atomic_write_bytes(folder / "model.onnx", onnx_file.read_bytes())
-                deployed = _onnx_runner(runtime, folder / "model.onnx", threads)
+            if runtime in DEPLOY_RUNNERS:  # one session, at the thread count it runs at
+                make = functools.partial(_onnx_runner, runtime, folder / "model.onnx")
+                if len(counts) > 1:
+                    run_threads, thread_ms = fastest_thread_count(make, spec.image_size, counts)
+                    info["thread_b1_ms"] = {str(n): ms for n, ms in thread_ms.items()}
+                deployed = make(run_threads)
         except QuantizeError as error:  # stays in the leaderboard as its fp32 source, flagged
             flagged = source.copy()
             flagged.pop("stage", None)
@@ -539,12 +544,6 @@ def deploy_candidate(
             run.write_metrics(f"deploy/{name}", dict(flagged), params)
             records.append(flagged)
             continue
-        run_threads = threads
-        if runtime in DEPLOY_RUNNERS and len(set(thread_choices)) > 1:
-            make = functools.partial(_onnx_runner, runtime, folder / "model.onnx")
-            run_threads, thread_ms = fastest_thread_count(make, spec.image_size, thread_choices)
-            deployed = make(run_threads)
-            info["thread_b1_ms"] = {str(n): ms for n, ms in thread_ms.items()}
         record = assess_candidate(
             name, deployed, spec, data, threads=run_threads, baseline=baseline, latency_runs=latency_runs
         )
@@ -613,6 +612,14 @@ def _onnx_runner(runtime: str, path: Path, threads: int) -> nn.Module:
     return RunnerModel(path, threads, DEPLOY_RUNNERS[runtime])
 
 
+def thread_counts(choices: Sequence[int]) -> list[int]:
+    """``choices`` sorted and without repeats, checked: a non-empty list of whole thread counts >= 1."""
+    counts = sorted(set(choices))
+    if not counts or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts):
+        raise QuantizeError(f"thread_choices must be whole numbers >= 1, got {list(choices)!r}")
+    return counts
+
+
 def fastest_thread_count(
     make: Callable[[int], nn.Module], image_size: int, choices: Sequence[int], *, rounds: int = 5, runs: int = 20
 ) -> tuple[int, dict[int, float]]:
@@ -620,9 +627,7 @@ def fastest_thread_count(
     latency in ms: the models are timed interleaved by ``bench.compare_models`` over ``rounds`` rounds of ``runs``
     calls; a tie goes to fewer threads. Small networks often run faster on one thread than on two, where waking
     the second thread for each small operator costs more than it saves."""
-    counts = sorted(set(choices))
-    if not counts or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts):
-        raise QuantizeError(f"thread_choices must be whole numbers >= 1, got {list(choices)!r}")
+    counts = thread_counts(choices)
     timing = compare_models({str(n): (make(n), image_size) for n in counts}, 1, 1, rounds, runs)
     medians = {n: float(timing[str(n)]["median_ms"]) for n in counts}
     return min(counts, key=lambda n: (medians[n], n)), medians

@@ -182,6 +182,78 @@ def test_onnx_static_int8_is_qdq_keeps_the_card_and_leaves_no_temporary_file(sma
     assert agreement(small, OrtModel(int8, 1), batches)["top1_agreement"] >= 0.8
 
 
+def test_lite0_exports_without_pad_nodes_its_same_padding_inside_the_convolutions(tmp_path: Path):
+    model = build_model("efficientnet_lite0", 6).eval()
+    spec = ModelSpec("efficientnet_lite0", SPEC.class_names, 64)
+    path = export_onnx(model, spec, tmp_path / "lite0.onnx")  # export_onnx itself checks outputs against torch
+    graph = onnx.load(str(path)).graph
+    assert "Pad" not in {node.op_type for node in graph.node}
+    pads = [
+        list(onnx.helper.get_attribute_value(a))
+        for node in graph.node
+        if node.op_type == "Conv"
+        for a in node.attribute
+        if a.name == "pads"
+    ]
+    assert [0, 0, 1, 1] in pads and [1, 1, 2, 2] in pads  # TF 'SAME' at stride 2: 3x3 and 5x5 kernels
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(OrtModel(path, threads=1)(x), model(x), atol=1e-4)
+
+
+def _pad_conv_graph(pads: list[int], value: float = 0.0, mode: str = "constant", second_reader: bool = False):
+    """images -> Pad(pads, value, mode) -> Conv(3x3, stride 2) -> logits (and the padded tensor itself, on request)."""
+    h = onnx.helper
+    weight = onnx.numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    amounts = onnx.numpy_helper.from_array(np.array(pads, dtype=np.int64), "amounts")
+    fill = onnx.numpy_helper.from_array(np.array(value, dtype=np.float32), "fill")
+    nodes = [
+        h.make_node("Pad", ["images", "amounts", "fill"], ["padded"], mode=mode),
+        h.make_node("Conv", ["padded", "w"], ["logits"], strides=[2, 2], kernel_shape=[3, 3]),
+    ]
+    outputs = [h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [None, 4, None, None])]
+    if second_reader:
+        nodes.append(h.make_node("Relu", ["padded"], ["relu"]))
+        outputs.append(h.make_tensor_value_info("relu", onnx.TensorProto.FLOAT, [1, 3, None, None]))
+    graph = h.make_graph(
+        nodes,
+        "g",
+        [h.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        outputs,
+        [weight, amounts, fill],
+    )
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def _run_onnx(proto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"images": x}
+    )[0]
+
+
+def test_pad_folding_keeps_the_outputs_and_leaves_every_pad_it_cannot_fold():
+    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    same = _pad_conv_graph([0, 0, 0, 0, 0, 0, 1, 1])
+    expected = _run_onnx(same, x)
+    folded = quantize.fold_pads_into_convs(same)
+    onnx.checker.check_model(folded)
+    assert [n.op_type for n in folded.graph.node] == ["Conv"]
+    assert {i.name for i in folded.graph.initializer} == {"w"}
+    assert np.allclose(_run_onnx(folded, x), expected, atol=1e-5)
+    for unfoldable in (
+        _pad_conv_graph([0, 0, 0, 0, 0, 0, 1, 1], value=1.0),  # not zeros
+        _pad_conv_graph([0, 0, 1, 1, 0, 0, 1, 1], mode="reflect"),
+        _pad_conv_graph([1, 0, 0, 0, 0, 0, 1, 1]),  # pads the batch
+        _pad_conv_graph([0, 0, 0, 0, 0, 0, 1, 1], second_reader=True),
+    ):
+        before = _run_onnx(unfoldable, x)
+        kept = quantize.fold_pads_into_convs(unfoldable)
+        assert "Pad" in {n.op_type for n in kept.graph.node}
+        assert np.array_equal(_run_onnx(kept, x), before)
+
+
 def test_an_unexportable_model_is_a_clear_error(tmp_path: Path):
     class ThroughNumpy(Small):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

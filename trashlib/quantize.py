@@ -254,7 +254,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, card: dict[str, A
     path = Path(path)
     size = spec.image_size
     buffer = _export_bytes(model, size)
-    proto = onnx.load_from_string(buffer)
+    proto = fold_pads_into_convs(onnx.load_from_string(buffer))
     card = card or model_card(spec)
     for key, value in {
         "model_card": json.dumps(card),
@@ -278,6 +278,107 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, card: dict[str, A
         )
     atomic_write_bytes(path, data)
     return path
+
+
+# shape arithmetic the TorchScript exporter emits around F.pad's amounts, folded to constants by fold_pads_into_convs
+_FOLDABLE_OPS = frozenset({"Cast", "Concat", "ConstantOfShape", "Gather", "Reshape", "Slice", "Squeeze", "Transpose"})
+
+
+def fold_pads_into_convs(proto: Any) -> Any:
+    """``proto`` with each zero-constant spatial ``Pad`` that feeds only a ``Conv`` merged into that ``Conv``'s
+    (asymmetric) ``pads``, and the arithmetic that computed its amounts removed.
+
+    EfficientNet-Lite0's TensorFlow 'SAME' strided convolutions pad by one more row and column after than before,
+    which ``nn.Conv2d`` cannot say: the model pads with ``F.pad`` first, and the exporter writes a ``Pad`` node whose
+    amounts come out of a chain of shape operators. onnxruntime's own Pad fusion leaves those: each ``Pad`` then
+    runs on its own, splits the NCHWc layout in fp32 and needs a dequantize-quantize pair in int8. A ``Pad`` whose
+    amounts or value are not constant, that pads batch or channels, or whose output has another reader is kept."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type in _FOLDABLE_OPS and all(not name or name in constants for name in node.input):
+            constants[node.output[0]] = _evaluate_constant_node(node, constants, proto.opset_import)
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    graph_outputs = {output.name for output in graph.output}
+    folded = set()
+    for node in graph.node:
+        conv = _pad_into_conv(node, constants, readers, graph_outputs)
+        if conv is not None:
+            old = {a.name: helper.get_attribute_value(a) for a in conv.attribute}.get("pads", [0, 0, 0, 0])
+            amounts = [int(a) for a in constants[node.input[1]]]  # [n, c, h, w] before, then after
+            pads = [old[0] + amounts[2], old[1] + amounts[3], old[2] + amounts[6], old[3] + amounts[7]]
+            kept = [a for a in conv.attribute if a.name != "pads"]
+            del conv.attribute[:]
+            conv.attribute.extend([*kept, helper.make_attribute("pads", pads)])
+            conv.input[0] = node.input[0]
+            folded.add(node.output[0])
+    if not folded:
+        return proto
+    nodes = [node for node in graph.node if not (node.op_type == "Pad" and node.output[0] in folded)]
+    while True:  # drop what only the folded pads read
+        read = {name for node in nodes for name in node.input} | graph_outputs
+        alive = [node for node in nodes if any(name in read for name in node.output)]
+        if len(alive) == len(nodes):
+            break
+        nodes = alive
+    read = {name for node in nodes for name in node.input}
+    initializers = [init for init in graph.initializer if init.name in read]
+    produced = {name for node in nodes for name in node.output} | read
+    value_info = [info for info in graph.value_info if info.name in produced]
+    del graph.node[:], graph.initializer[:], graph.value_info[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(initializers)
+    graph.value_info.extend(value_info)
+    return proto
+
+
+def _evaluate_constant_node(node: Any, constants: dict[str, np.ndarray], opset: Any) -> np.ndarray:
+    """The first output of ``node`` on its constant inputs (onnx's reference evaluator)."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{k}" if name else "" for k, name in enumerate(node.input)]
+    feeds = {alias: constants[name] for alias, name in zip(names, node.input, strict=True) if name}
+    inputs = [
+        helper.make_tensor_value_info(alias, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+        for alias, value in feeds.items()
+    ]
+    single = helper.make_node(node.op_type, names, ["out"])
+    single.attribute.extend(node.attribute)
+    graph = helper.make_graph([single], "fold", inputs, [helper.make_empty_tensor_value_info("out")])
+    outputs: Any = ReferenceEvaluator(helper.make_model(graph, opset_imports=opset)).run(None, feeds)
+    return np.asarray(outputs[0])
+
+
+def _pad_into_conv(
+    node: Any, constants: dict[str, np.ndarray], readers: dict[str, list[Any]], graph_outputs: set[str]
+) -> Any | None:
+    """The ``Conv`` that ``node`` (a ``Pad``) can be merged into, or None."""
+    from onnx import helper
+
+    if node.op_type != "Pad" or node.output[0] in graph_outputs or len(node.input) < 2:
+        return None
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    amounts = constants.get(node.input[1])
+    value = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(())
+    users = readers.get(node.output[0], [])
+    if attributes.get("mode", b"constant") != b"constant" or amounts is None or value is None or np.any(value != 0):
+        return None
+    if len(users) != 1 or users[0].op_type != "Conv" or len(amounts) != 8 or np.any(amounts < 0):
+        return None
+    if any(int(amounts[k]) for k in (0, 1, 4, 5)):  # batch or channels padded
+        return None
+    conv_attributes = {a.name: helper.get_attribute_value(a) for a in users[0].attribute}
+    if conv_attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", b""):
+        return None
+    return users[0]
 
 
 def _onnx_torch_difference(data: bytes, model: nn.Module, size: int) -> float:

@@ -309,11 +309,9 @@ def fold_pads_into_convs(proto: Any) -> Any:
     graph_outputs = {output.name for output in graph.output}
     folded = set()
     for node in graph.node:
-        conv = _pad_into_conv(node, constants, readers, graph_outputs)
-        if conv is not None:
-            old = {a.name: helper.get_attribute_value(a) for a in conv.attribute}.get("pads", [0, 0, 0, 0])
-            amounts = [int(a) for a in constants[node.input[1]]]  # [n, c, h, w] before, then after
-            pads = [old[0] + amounts[2], old[1] + amounts[3], old[2] + amounts[6], old[3] + amounts[7]]
+        merge = _pad_into_conv(node, constants, readers, graph_outputs)
+        if merge is not None:
+            conv, pads = merge
             kept = [a for a in conv.attribute if a.name != "pads"]
             del conv.attribute[:]
             conv.attribute.extend([*kept, helper.make_attribute("pads", pads)])
@@ -359,8 +357,8 @@ def _evaluate_constant_node(node: Any, constants: dict[str, np.ndarray], opset: 
 
 def _pad_into_conv(
     node: Any, constants: dict[str, np.ndarray], readers: dict[str, list[Any]], graph_outputs: set[str]
-) -> Any | None:
-    """The ``Conv`` that ``node`` (a ``Pad``) can be merged into, or None."""
+) -> tuple[Any, list[int]] | None:
+    """The ``Conv`` that ``node`` (a ``Pad``) can be merged into and that ``Conv``'s merged ``pads``, or None."""
     from onnx import helper
 
     if node.op_type != "Pad" or node.output[0] in graph_outputs or len(node.input) < 2:
@@ -378,7 +376,9 @@ def _pad_into_conv(
     conv_attributes = {a.name: helper.get_attribute_value(a) for a in users[0].attribute}
     if conv_attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", b""):
         return None
-    return users[0]
+    before = [int(n) for n in conv_attributes.get("pads", [0, 0, 0, 0])]
+    add = [int(n) for n in amounts]  # [n, c, h, w] before, then after
+    return users[0], [before[0] + add[2], before[1] + add[3], before[2] + add[6], before[3] + add[7]]
 
 
 def _onnx_torch_difference(data: bytes, model: nn.Module, size: int) -> float:

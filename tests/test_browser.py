@@ -56,8 +56,14 @@ FACTS = """(() => {
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> RunSummary:
     root = tmp_path_factory.mktemp("browser")
-    summary = run_workbook(
-        "smoke", "synthetic", "browser", runs_root=root / "runs", reports_root=root / "reports", log=lambda line: None
+    summary = run_workbook(  # 02 picks on a speed budget, re-timed carefully, as the real profile does
+        "smoke",
+        "synthetic",
+        "browser",
+        overrides={"ofa_pick": "speedup"},
+        runs_root=root / "runs",
+        reports_root=root / "reports",
+        log=lambda line: None,
     )
     assert summary.ok, [r.error for r in summary.results]
     return summary
@@ -158,3 +164,16 @@ def test_index_tells_the_runs_story(pages: dict[str, dict[str, Any]]):
     assert "python -m trashlib predict" in text and "Leaderboard" in text and "Run facts" in text
     assert "NaN" not in text and "None" not in text
     assert pages["index"]["height"] < 3000, "the index fits in about two screens"
+
+
+def test_the_search_page_shows_the_careful_re_timing_of_the_speed_pick(
+    smoke_run: RunSummary, pages: dict[str, dict[str, Any]]
+):
+    chosen = json.loads((Path(smoke_run.run_dir) / "search" / "ofa.json").read_text())["chosen"]
+    careful = chosen["careful"]
+    assert chosen["pick"] == "speedup" and careful["baseline_ms"] > 0 and careful["candidates"]
+    assert chosen["trial"] in {row["trial"] for row in careful["candidates"]}
+    for row in careful["candidates"]:
+        assert row["speedup"] == pytest.approx(careful["baseline_ms"] / row["careful_ms"])
+    search_page = next(name for name in pages if name.startswith("02"))
+    assert "re-timed beside the baseline" in pages[search_page]["text"]

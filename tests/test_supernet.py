@@ -24,6 +24,7 @@ from trashlib.supernet import (
     SubnetEvaluator,
     SupernetError,
     build_subnet,
+    careful_subnet_timer,
     check_runtime,
     front_trials,
     kendall_tau,
@@ -31,6 +32,7 @@ from trashlib.supernet import (
     load_supernet,
     open_ofa_study,
     pick_within,
+    pick_within_careful,
     recalibrate_bn,
     recalibration_images,
     run_ofa_search,
@@ -325,6 +327,60 @@ def test_pick_within_takes_the_most_accurate_point_inside_the_speed_budget() -> 
         pick_within(trials, 0.0, 4.0)
     with pytest.raises(SupernetError, match="no completed trial"):
         pick_within([], 2.0, 4.0)
+
+
+def test_careful_pick_holds_the_budget_on_the_careful_timing_not_the_quick_one() -> None:
+    # (val F1, quick ms); the baseline is 2.0 ms, the budget at 4x 0.5 ms, so slack 1.5 re-times up to 0.75 ms
+    trials = _trials([(0.70, 0.30), (0.80, 0.45), (0.86, 0.48), (0.88, 0.70), (0.90, 1.0)])
+    for index, trial in enumerate(trials):
+        trial.number = index
+    careful = {0: 0.30, 1: 0.49, 2: 0.60, 3: 0.50, 4: 0.9}  # trial 2 is slower than the quick timing said
+    asked: list[list[int]] = []
+
+    def timer(points: list[optuna.trial.FrozenTrial]) -> tuple[float, list[float]]:
+        asked.append([t.number for t in points])
+        return 2.0, [careful[t.number] for t in points]
+
+    assert pick_within(trials, 2.0, 4.0).number == 2  # the quick pick
+    pick = pick_within_careful(trials, 2.0, 4.0, timer)
+    assert sorted(asked[-1]) == [0, 1, 2, 3]  # 1.0 ms is past the slack: not re-timed
+    assert pick.trial.number == 3 and pick.baseline_ms == 2.0  # 0.50 ms careful: 4.0x, the most accurate within
+    assert [r["trial"] for r in pick.candidates] == [0, 1, 3, 2]  # carefully fastest first
+    assert next(r for r in pick.candidates if r["trial"] == 2)["speedup"] == pytest.approx(2.0 / 0.6)
+    assert pick_within_careful(trials, 2.0, 4.0, timer, slack=1.0).trial.number == 1  # 0.86 re-timed out of it
+    assert asked[-1] == [2, 1, 0]  # nearest the budget first
+    assert pick_within_careful(trials, 2.0, 4.0, timer, max_candidates=2).trial.number == 1  # trials 2 and 1
+    careful.update({0: 0.7, 1: 0.8})
+    # nothing within 0.1 ms, not even by the quick timing: the fastest point is timed and taken
+    assert pick_within_careful(trials, 1.0, 10.0, timer).trial.number == 0 and asked[-1] == [0]
+    assert pick_within_careful(trials, 2.0, 4.0, timer, slack=1.0).trial.number == 2  # none within: the fastest
+    for bad in (0.5, float("inf"), True, "2"):
+        with pytest.raises(SupernetError, match="ofa_pick_slack must be a number >= 1"):
+            pick_within_careful(trials, 2.0, 4.0, timer, slack=bad)  # type: ignore[arg-type]
+    with pytest.raises(SupernetError, match="at least 1 candidate"):
+        pick_within_careful(trials, 2.0, 4.0, timer, max_candidates=0)
+    with pytest.raises(SupernetError, match="ofa_speedup must be a number > 0"):
+        pick_within_careful(trials, 2.0, 0, timer)
+    with pytest.raises(SupernetError, match="the careful timer returned"):
+        pick_within_careful(trials, 2.0, 4.0, lambda points: (2.0, [0.5]))
+    with pytest.raises(SupernetError, match="the careful timer returned"):
+        pick_within_careful(trials, 2.0, 4.0, lambda points: (float("nan"), [0.5] * len(points)))
+
+
+def test_careful_timer_times_subnets_beside_the_baseline(supernet: ElasticLite0) -> None:
+    crops = images(32)
+    configs = [SPACE.smallest(), SPACE.sample(random.Random(1))]
+    trials = _trials([(0.5, 1.0), (0.6, 2.0)])
+    for index, (trial, config) in enumerate(zip(trials, configs, strict=True)):
+        trial.number = index
+        trial.set_user_attr("subnet", config.to_dict())
+    largest = SPACE.largest()
+    base = deployed(build_subnet(supernet, largest).eval(), subnet_spec(largest, CLASSES), "onnxruntime-fp32")
+    timer = careful_subnet_timer(supernet, "onnxruntime-int8", crops, (base, largest.resolution), rounds=2, runs=3)
+    baseline_ms, times = timer(trials)
+    assert baseline_ms > 0 and len(times) == 2 and all(ms > 0 for ms in times)
+    with pytest.raises(QuantizeError, match="not-a-runtime"):
+        careful_subnet_timer(supernet, "not-a-runtime", crops, (base, largest.resolution))
 
 
 def test_mnasnet_trial_is_timed_in_the_deploy_runtime() -> None:

@@ -226,6 +226,7 @@ def test_eda_notebook_on_real_data(tmp_path, source, crops, classes):
         ({"ofa_pick": "front"}, "parameter ofa_pick='front' (02_search): choose one of ['score', 'speedup']"),
         ({"ofa_distill_from": "self"}, "choose one of ['largest', 'teacher']"),
         ({"ofa_speedup": 0}, "parameter ofa_speedup=0.0 (02_search): 0.0 is outside (0, inf)"),
+        ({"ofa_pick_slack": 0.5}, "parameter ofa_pick_slack=0.5 (02_search): 0.5 is outside [1, inf)"),
         (
             {"runtime": "tensorrt"},
             "parameter runtime='tensorrt' (02_search): choose one of "

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import stochastic_depth
 
-from trashlib.bench import count_macs, torch_threads
+from trashlib.bench import compare_latency, count_macs, torch_threads
 from trashlib.models import (
     LITE0_SUBNET,
     EfficientNetLite0,
@@ -749,6 +749,95 @@ def pick_within(
     if not within:
         return min(trials, key=lambda t: (t.values[1], -t.values[0], t.number))
     return min(within, key=lambda t: (-t.values[0], t.values[1], t.number))
+
+
+class CarefulPick(NamedTuple):
+    """The speed-budget pick after a careful re-timing of the front points near the budget."""
+
+    trial: optuna.trial.FrozenTrial
+    baseline_ms: float
+    candidates: list[dict[str, Any]]  # trial, val_f1, quick_ms, careful_ms, speedup (baseline_ms / careful_ms)
+
+
+def pick_within_careful(
+    trials: Sequence[optuna.trial.FrozenTrial],
+    reference_ms: float,
+    speedup: float,
+    timer: Callable[[list[optuna.trial.FrozenTrial]], tuple[float, list[float]]],
+    *,
+    slack: float = 1.5,
+    max_candidates: int = 12,
+) -> CarefulPick:
+    """``pick_within``, with the budget checked by a careful measurement rather than the search's quick one. The front
+    points whose quick latency is within ``slack`` times the budget (``reference_ms / speedup``; the
+    ``max_candidates`` nearest the budget, or the fastest point when none is that near) are timed again by
+    ``timer``, which returns the baseline's and each candidate's careful latency, measured interleaved in one
+    process. The pick is the most accurate candidate at least ``speedup`` times faster than the baseline in that
+    measurement (ties go to the faster, then the earlier); when none is, the carefully fastest one."""
+    pick_within(trials, reference_ms, speedup)  # the same refusals: no trial, a bad speedup or reference
+    if isinstance(slack, bool) or not isinstance(slack, int | float) or not math.isfinite(slack) or slack < 1:
+        raise SupernetError(f"ofa_pick_slack must be a number >= 1, got {slack!r}")
+    if isinstance(max_candidates, bool) or not isinstance(max_candidates, int) or max_candidates < 1:
+        raise SupernetError(f"the careful pick needs at least 1 candidate, got {max_candidates!r}")
+    budget = reference_ms / speedup
+    near = [t for t in trials if t.values[1] <= budget * slack]
+    near = sorted(near, key=lambda t: (abs(math.log(t.values[1] / budget)), t.number))[:max_candidates]
+    candidates = near or [min(trials, key=lambda t: (t.values[1], -t.values[0], t.number))]
+    baseline_ms, careful = timer(candidates)
+    if len(careful) != len(candidates) or not all(math.isfinite(ms) and ms > 0 for ms in [baseline_ms, *careful]):
+        raise SupernetError(f"the careful timer returned {baseline_ms!r} and {careful!r} for {len(candidates)} points")
+    rows = [
+        {
+            "trial": t.number,
+            "val_f1": t.values[0],
+            "quick_ms": t.values[1],
+            "careful_ms": ms,
+            "speedup": baseline_ms / ms,
+        }
+        for t, ms in zip(candidates, careful, strict=True)
+    ]
+    by_number = {t.number: t for t in candidates}
+    within = [r for r in rows if r["careful_ms"] * speedup <= baseline_ms]
+    if within:
+        best = min(within, key=lambda r: (-r["val_f1"], r["careful_ms"], r["trial"]))
+    else:
+        best = min(rows, key=lambda r: (r["careful_ms"], -r["val_f1"], r["trial"]))
+    rows.sort(key=lambda r: r["careful_ms"])
+    return CarefulPick(by_number[best["trial"]], float(baseline_ms), rows)
+
+
+def careful_subnet_timer(
+    supernet: ElasticLite0,
+    runtime: str,
+    calibration_images: np.ndarray,
+    baseline: tuple[Callable[[np.ndarray], Any], int],
+    *,
+    threads: int = 1,
+    rounds: int = 5,
+    runs: int = 50,
+) -> Callable[[list[optuna.trial.FrozenTrial]], tuple[float, list[float]]]:
+    """The ``timer`` of ``pick_within_careful``: each trial's sub-network deployed in ``runtime`` and timed at batch
+    1 beside the ``baseline`` (a deployed callable and its input size), interleaved round by round
+    (``bench.compare_latency``, ``rounds`` of ``runs`` calls); the medians in ms."""
+    check_runtime(runtime)
+
+    def timer(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, list[float]]:
+        rng = np.random.default_rng(0)
+
+        def call(fn: Callable[[np.ndarray], Any], size: int) -> Callable[[], Any]:
+            x = rng.standard_normal((1, 3, size, size)).astype(np.float32)
+            return lambda: fn(x)
+
+        variants = {"baseline": call(*baseline)}
+        for t in trials:
+            config = SubnetConfig.from_dict(t.user_attrs["subnet"])
+            fn = deploy_subnet(supernet, config, runtime, calibration_images, threads=threads)
+            variants[f"trial {t.number}"] = call(fn, config.resolution)
+        with torch_threads(threads):
+            times = compare_latency(variants, rounds=rounds, runs_per_round=runs, warmup=5)
+        return float(times["baseline"]["median_ms"]), [float(times[f"trial {t.number}"]["median_ms"]) for t in trials]
+
+    return timer
 
 
 def mnasnet_studies(storage: str | Path, prefix: str) -> list[optuna.Study]:

@@ -159,6 +159,7 @@ PARAMETER_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     **dict.fromkeys(("augment", "supernet_augment", "distill_alpha", "max_f1_drop", "f1_tie"), _FRACTION),
     **dict.fromkeys(("prune_ratios", "split_fractions"), _OPEN_FRACTION),
     "cache_side": (32, None, False, False),
+    "ofa_pick_slack": (1, None, False, False),
     "energy": (0, 1, True, False),
     "label_smoothing": (0, 1, False, True),
 }

@@ -56,6 +56,7 @@ ofa_finetune_epochs = 2
 ofa_finetune_lr = 0.0005
 ofa_pick = "score"  # "score": competition-style score on the front; "speedup": most accurate at ofa_speedup x baseline
 ofa_speedup = 4.0  # with ofa_pick "speedup": the pick is at least this much faster than the baseline in ORT fp32
+ofa_pick_slack = 1.5  # with "speedup": front points up to this times the budget (quick timing) are re-timed carefully
 ofa_distill_from = "largest"  # the pick's fine-tune teacher: "largest" sub-network, or notebook 01's "teacher"
 mnasnet_objective = (
     "multi"  # "multi": Pareto front of val F1 and latency; "reward": MnasNet's F1 * (latency / target_ms) ** -0.07
@@ -95,6 +96,7 @@ from trashlib.supernet import (
     OfaSpace,
     SubnetConfig,
     SubnetEvaluator,
+    careful_subnet_timer,
     check_runtime,
     deployed,
     front_trials,
@@ -102,7 +104,7 @@ from trashlib.supernet import (
     mnasnet_studies,
     open_ofa_study,
     pick_front,
-    pick_within,
+    pick_within_careful,
     recalibration_images,
     run_ofa_search,
     save_supernet,
@@ -341,18 +343,29 @@ if mode == "ofa":
     else:
         f1_ref_ofa = max(t.values[0] for t in ofa_front)
         ms_ref_ofa = max(t.values[1] for t in ofa_front)
-    budget_ms = None
+    budget_ms, careful_pick = None, None
     if ofa_pick == "speedup":  # the yardstick: the baseline in onnxruntime fp32, timed here beside the front
         base_fn = deployed(saved.model, saved.spec, "onnxruntime-fp32", threads=threads)
         yardstick_ms = time_deployed_rounds(base_fn, saved.spec.image_size, runs=latency_check_runs, threads=threads)
         budget_ms = yardstick_ms / ofa_speedup
-        picked_trial = pick_within(ofa_front, yardstick_ms, ofa_speedup)
+        timer = careful_subnet_timer(
+            supernet, runtime, recalibration, (base_fn, saved.spec.image_size), threads=threads, runs=latency_check_runs
+        )
+        careful_pick = pick_within_careful(ofa_front, yardstick_ms, ofa_speedup, timer, slack=ofa_pick_slack)
+        picked_trial = careful_pick.trial
         base_f1 = next(r["val_f1"] for r in landmark_rows if r["model"] == "baseline")
         landmarks[f"baseline ({saved.spec.name}, onnxruntime-fp32)"] = (yardstick_ms, base_f1)
+        fronts["careful re-timing, ms x quick baseline / careful baseline"] = [
+            (r["careful_ms"] * yardstick_ms / careful_pick.baseline_ms, r["val_f1"]) for r in careful_pick.candidates
+        ]
         print(
             f"baseline in onnxruntime-fp32: {yardstick_ms:.2f} ms; budget at {ofa_speedup:g}x: {budget_ms:.2f} ms in "
-            f"{runtime}; {sum(t.values[1] <= budget_ms for t in ofa_front)} front points within it"
+            f"{runtime}; {sum(t.values[1] <= budget_ms for t in ofa_front)} front points within it by the quick "
+            f"timing; {len(careful_pick.candidates)} re-timed beside the baseline "
+            f"({careful_pick.baseline_ms:.2f} ms), {sum(r['speedup'] >= ofa_speedup for r in careful_pick.candidates)} "
+            f"of them at least {ofa_speedup:g}x"
         )
+        display(formats.format_table(pd.DataFrame(careful_pick.candidates)))
     else:
         picked_trial = pick_front(ofa_front, f1_ref_ofa, ms_ref_ofa)[0]
     chosen_config = SubnetConfig.from_dict(picked_trial.user_attrs["subnet"])
@@ -385,7 +398,10 @@ if mode == "ofa":
 # Picked on the front (`ofa_pick`). With `"score"`, by the competition-style score against the best landmark's
 # validation F1 and the slowest landmark's latency (`0.5 * ms / ms_ref + sigmoid(20 * (f1_ref - f1))`). With
 # `"speedup"`, the most accurate point at least `ofa_speedup` times faster than the baseline in onnxruntime fp32
-# (the dashed line in the plot above; the fastest point when none is that fast). The score leans to accuracy
+# (the dashed line in the plot above; the fastest point when none is that fast). The quick timing that ranks the
+# search is not careful enough to hold a budget (it put a 3.0x point at 3.6x in one run), so the front points up to
+# `ofa_pick_slack` times the budget are timed again beside the baseline, interleaved in this process, and the budget
+# is checked on that ratio (the table above; "careful re-timing" in the plot). The score leans to accuracy
 # near the teacher, where the sub-networks are barely faster than the teacher. The budget fixes the speed and
 # lets the fine-tune buy the accuracy back. The pick is extracted, recalibrated and fine-tuned for
 # `ofa_finetune_epochs` epochs, distilled from `ofa_distill_from`: the supernet's largest sub-network, or notebook
@@ -457,6 +473,13 @@ if mode == "ofa":
             "subnet": chosen_config.to_dict(),
             "pick": ofa_pick,
             "budget_ms": budget_ms,
+            "careful": None
+            if careful_pick is None
+            else {
+                "baseline_ms": careful_pick.baseline_ms,
+                "slack": ofa_pick_slack,
+                "candidates": careful_pick.candidates,
+            },
             "distilled_from": ofa_distill_from,
             "finetune_epochs": ofa_finetune_epochs,
         },

@@ -122,6 +122,15 @@ def main() -> None:
     print(f"supernet training: {info['supernet_seconds']:.0f} s ({info['supernet_epochs']} epochs)")
     print(f"sub-networks scored per hour in the search: {info['subnets_per_hour']:.0f} ({info['trials']} trials)")
     print(f"latency check: Kendall's tau {info['latency_check']['tau']:.3f} over {info['latency_check']['n']}")
+    careful = info["chosen"].get("careful")
+    if careful:  # 02's speed pick, re-timed beside the baseline in its own process
+        print(f"02's careful re-timing (baseline {careful['baseline_ms']:.3f} ms in onnxruntime fp32):")
+        for c in careful["candidates"]:
+            mark = " <- picked" if c["trial"] == info["chosen"]["trial"] else ""
+            print(
+                f"  trial {c['trial']:4d}: val F1 {c['val_f1']:.3f}, quick {c['quick_ms']:.3f} ms, careful "
+                f"{c['careful_ms']:.3f} ms, {c['speedup']:.2f}x{mark}"
+            )
     header = f"{'model':24} {'px':>4} {'F1':>6} {'MMACs':>8} " + " ".join(
         f"{f'{rt}/{th}t ms':>22} {'x':>6}" for rt, th in variants
     )
@@ -178,6 +187,7 @@ def main() -> None:
             "supernet_seconds": info["supernet_seconds"],
             "subnets_per_hour": info["subnets_per_hour"],
             "latency_tau": info["latency_check"]["tau"],
+            "careful_pick": careful,
             "args": vars(args),
             "machine": machine_info(),
         },

@@ -739,16 +739,21 @@ def pick_within(
 ) -> optuna.trial.FrozenTrial:
     """The most accurate trial at least ``speedup`` times faster than ``reference_ms`` (ties go to the faster, then
     the earlier); the fastest trial when none is that fast."""
+    _check_speed_budget(trials, reference_ms, speedup)
+    within = [t for t in trials if t.values[1] * speedup <= reference_ms]
+    if not within:
+        return min(trials, key=lambda t: (t.values[1], -t.values[0], t.number))
+    return min(within, key=lambda t: (-t.values[0], t.values[1], t.number))
+
+
+def _check_speed_budget(trials: Sequence[optuna.trial.FrozenTrial], reference_ms: float, speedup: float) -> None:
+    """The refusals of both speed-budget picks: no trial, a speedup or a reference latency that is not > 0."""
     if not trials:
         raise SupernetError("no completed trial to pick from")
     if isinstance(speedup, bool) or not isinstance(speedup, int | float) or not math.isfinite(speedup) or speedup <= 0:
         raise SupernetError(f"ofa_speedup must be a number > 0, got {speedup!r}")
     if not math.isfinite(reference_ms) or reference_ms <= 0:
         raise SupernetError(f"the reference latency must be > 0 ms, got {reference_ms!r}")
-    within = [t for t in trials if t.values[1] * speedup <= reference_ms]
-    if not within:
-        return min(trials, key=lambda t: (t.values[1], -t.values[0], t.number))
-    return min(within, key=lambda t: (-t.values[0], t.values[1], t.number))
 
 
 class CarefulPick(NamedTuple):
@@ -774,7 +779,7 @@ def pick_within_careful(
     ``timer``, which returns the baseline's and each candidate's careful latency, measured interleaved in one
     process. The pick is the most accurate candidate at least ``speedup`` times faster than the baseline in that
     measurement (ties go to the faster, then the earlier); when none is, the carefully fastest one."""
-    pick_within(trials, reference_ms, speedup)  # the same refusals: no trial, a bad speedup or reference
+    _check_speed_budget(trials, reference_ms, speedup)
     if isinstance(slack, bool) or not isinstance(slack, int | float) or not math.isfinite(slack) or slack < 1:
         raise SupernetError(f"ofa_pick_slack must be a number >= 1, got {slack!r}")
     if isinstance(max_candidates, bool) or not isinstance(max_candidates, int) or max_candidates < 1:

@@ -39,6 +39,7 @@ from trashlib.quantize import (
     export_onnx,
     quantize_int8,
     quantize_onnx_int8,
+    stem_convolutions,
     read_model_card,
 )
 from trashlib.run import open_run
@@ -180,6 +181,49 @@ def test_onnx_static_int8_is_qdq_keeps_the_card_and_leaves_no_temporary_file(sma
     assert read_model_card(int8)["class_names"] == list(SPEC.class_names)
     assert int8.stat().st_size < fp32.stat().st_size
     assert agreement(small, OrtModel(int8, 1), batches)["top1_agreement"] >= 0.8
+
+
+def test_onnx_int8_keeps_the_stem_convolution_fp32_unless_asked_to_quantize_it(small, batches, tmp_path: Path):
+    fp32 = export_onnx(small, SPEC, tmp_path / "fp32.onnx")
+    stem = stem_convolutions(onnx.load(str(fp32)))
+    assert len(stem) == 1
+
+    def stem_input(path: Path) -> tuple[list[str], list[str]]:
+        """The quantize/dequantize operators between the image and the stem, and on the stem's weights."""
+        graph = onnx.load(str(path)).graph
+        producers = {out: node for node in graph.node for out in node.output}
+
+        def chain(name: str) -> tuple[list[str], str]:
+            ops = []
+            while name in producers and producers[name].op_type in ("QuantizeLinear", "DequantizeLinear"):
+                ops.append(producers[name].op_type)
+                name = producers[name].input[0]
+            return ops, name
+
+        stems = [node for node in graph.node if node.op_type == "Conv" and chain(node.input[0])[1] == "images"]
+        assert len(stems) == 1
+        return chain(stems[0].input[0])[0], chain(stems[0].input[1])[0]
+
+    kept = quantize_onnx_int8(fp32, tmp_path / "kept.onnx", batches)
+    assert stem_input(kept) == ([], [])  # the image and the stem's weights reach the convolution as floats
+    quantized = quantize_onnx_int8(fp32, tmp_path / "all.onnx", batches, float_stem=False)
+    assert stem_input(quantized) == (["DequantizeLinear", "QuantizeLinear"], ["DequantizeLinear"])
+    for path in (kept, quantized):
+        assert agreement(small, OrtModel(path, 1), batches)["top1_agreement"] >= 0.8
+
+
+def test_stem_convolutions_finds_none_in_a_graph_that_starts_with_another_operator():
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Relu", ["images"], ["r"], name="relu"),
+            onnx.helper.make_node("Conv", ["r", "w"], ["logits"], name="conv"),
+        ],
+        "g",
+        [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w")],
+    )
+    assert stem_convolutions(onnx.helper.make_model(graph)) == []
 
 
 def test_lite0_exports_without_pad_nodes_its_same_padding_inside_the_convolutions(tmp_path: Path):

@@ -74,6 +74,7 @@ class CandidateRecord(TypedDict, total=False):
     flagged: str | None
     f1_change: float
     qat_epochs: int
+    int8_float_stem: bool
     training: dict[str, Any]
     compression: dict[str, Any]
     search: dict[str, Any]

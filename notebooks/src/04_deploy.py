@@ -37,6 +37,7 @@ calibration_images = 64
 with_compile = False  # also time torch.compile (about a minute of compilation per model on 2 cores)
 qat_epochs = 0  # > 0: an int8 model losing more than qat_max_drop test F1 is redone with quantization-aware training
 qat_max_drop = 0.02
+int8_float_stem = True  # ONNX int8 keeps the stem convolution (the one reading the image) in fp32
 seed = 0
 threads = 2
 thread_choices = []  # two or more counts, e.g. [1, 2]: each ONNX variant runs at its fastest batch-1 count of these
@@ -141,6 +142,7 @@ for source in chosen:
         qat_epochs=qat_epochs,
         qat_max_drop=qat_max_drop,
         thread_choices=thread_choices,
+        float_stem=int8_float_stem,
     )
     deployed[source["candidate"]] = deployment.models
     deploy_records += deployment.records

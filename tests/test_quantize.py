@@ -39,8 +39,8 @@ from trashlib.quantize import (
     export_onnx,
     quantize_int8,
     quantize_onnx_int8,
-    stem_convolutions,
     read_model_card,
+    stem_convolutions,
 )
 from trashlib.run import open_run
 from trashlib.score import competition_score

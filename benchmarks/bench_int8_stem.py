@@ -43,7 +43,7 @@ def main() -> None:
     calibration_images = run.notebook_params("04_deploy").get("calibration_images", 256)
     train_x, _ = data.split("train")
     (val_x, val_y), (test_x, test_y) = data.split("val"), data.split("test")
-    images, labels = np.concatenate([val_x, test_x]), np.concatenate([val_y, test_y])
+    images, split = np.concatenate([val_x, test_x]), len(val_y)
     table: dict[str, tuple[Any, int, int, str]] = {}
     quality: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="trashlib-bench-stem-") as tmp:
@@ -72,12 +72,11 @@ def main() -> None:
                 model = OrtModel(path, args.threads)
                 logits = predict_logits(model, images, spec.image_size, normalization=spec.normalization)
                 reference = logits if reference is None else reference
-                split = len(val_y)
                 quality[variant] = {
                     "f1_val": classification_metrics(logits[:split], val_y, data.classes)["macro_f1"],
                     "f1_test": classification_metrics(logits[split:], test_y, data.classes)["macro_f1"],
                     "flips": int((logits.argmax(1) != reference.argmax(1)).sum()),
-                    "crops": len(labels),
+                    "crops": len(images),
                     "mean_abs_logit_diff": float(np.abs(logits - reference).mean()),
                     "fp32_variant": f"{label} onnx-fp32",
                 }

@@ -867,10 +867,10 @@ def deployed(
     *,
     calibration: Sequence[torch.Tensor] | None = None,
     threads: int = 1,
-    float_stem: bool = True,
 ) -> Callable[[np.ndarray], Any]:
-    """``model`` as it runs in ``runtime``: a callable on a float NCHW array (ONNX fp32 or static int8, calibrated
-    on ``calibration`` with ``quantize_onnx_int8``'s ``float_stem``, in onnxruntime or OpenVINO; or eager torch)."""
+    """``model`` as it runs in ``runtime``: a callable on a float NCHW array (ONNX fp32 or static int8 as
+    ``quantize_onnx_int8`` makes it by default, calibrated on ``calibration``, in onnxruntime or OpenVINO; or eager
+    torch)."""
     check_runtime(runtime)
     if runtime == "torch-eager":
         model.eval()
@@ -887,7 +887,7 @@ def deployed(
         if runtime.endswith("-int8"):
             if not calibration:
                 raise QuantizeError(f"runtime {runtime!r} needs calibration batches")
-            path = quantize_onnx_int8(path, Path(tmp) / "int8.onnx", calibration, float_stem=float_stem)
+            path = quantize_onnx_int8(path, Path(tmp) / "int8.onnx", calibration)
         if runtime.startswith("openvino"):
             return OpenVinoRunner(path.read_bytes(), threads=threads, input_name=None, output_name=None)
         options = ort.SessionOptions()

@@ -37,6 +37,7 @@ from trashlib.quantize import (
     calibration_batches,
     deploy_candidate,
     export_onnx,
+    onnx_int8_aware_finetune,
     quantize_int8,
     quantize_onnx_int8,
     read_model_card,
@@ -210,6 +211,59 @@ def test_onnx_int8_keeps_the_stem_convolution_fp32_unless_asked_to_quantize_it(s
     assert stem_input(quantized) == (["DequantizeLinear", "QuantizeLinear"], ["DequantizeLinear"])
     for path in (kept, quantized):
         assert agreement(small, OrtModel(path, 1), batches)["top1_agreement"] >= 0.8
+
+
+def test_int8_aware_fake_quantization_is_the_code_onnxruntime_writes(batches, tmp_path: Path):
+    """The fine-tune's fake quantization of a convolution's weight and input is what quantize_onnx_int8 then stores."""
+    from onnx import numpy_helper
+
+    from trashlib.quantize import _ActivationFakeQuant, _WeightFakeQuant
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.Flatten()).eval()
+    fp32 = export_onnx(net, SPEC, tmp_path / "fp32.onnx")
+    calibration = [torch.cat(batches)]  # one batch: onnxruntime's MinMax range is that batch's
+    graph = onnx.load(str(quantize_onnx_int8(fp32, tmp_path / "int8.onnx", calibration))).graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    second = [node for node in graph.node if node.op_type == "Conv"][1]
+    weight_dq = producers[second.input[1]]
+    code, scale = values[weight_dq.input[0]], values[weight_dq.input[1]]
+    stored = code.astype(np.float32) * scale.reshape(-1, 1, 1, 1)
+    np.testing.assert_allclose(_WeightFakeQuant()(net[2].weight).detach().numpy(), stored, rtol=0, atol=1e-6)
+
+    act_dq = producers[second.input[0]]
+    act_scale, act_zero = float(values[act_dq.input[1]]), int(values[act_dq.input[2]])
+    observer = _ActivationFakeQuant().train()
+    with torch.no_grad():
+        observer(net[:2](calibration[0]))
+    emulated_scale = float((observer.high - observer.low) / 255)
+    assert emulated_scale == pytest.approx(act_scale, rel=1e-5)
+    assert int(torch.round(-observer.low / emulated_scale)) == act_zero
+
+
+def test_int8_aware_finetune_trains_a_copy_and_leaves_no_fake_quantization_behind(small):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(24, SIZE, SIZE, 3), dtype=np.uint8)
+    labels = np.arange(24) % 6
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    config = TrainConfig.for_spec(SPEC, epochs=1, lr=1e-3, batch_size=8, augment=0.0, seed=0, threads=1)
+    tuned = onnx_int8_aware_finetune(small, (images, labels), (images, labels), config)
+    assert all(torch.equal(before[k], v) for k, v in small.state_dict().items())  # the input is untouched
+    assert set(tuned.state_dict()) == set(before)  # plain layers again: no parametrization, no range buffers
+    assert all(type(m) in (nn.Conv2d, nn.Linear) for m in tuned.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert not all(torch.equal(before[k], v) for k, v in tuned.state_dict().items())
+    x = torch.zeros(2, 3, SIZE, SIZE)
+    assert tuned(x).shape == (2, 6) and not tuned.training
+
+
+def test_int8_aware_finetune_of_a_model_without_layers_to_quantize_is_an_error():
+    config = TrainConfig.for_spec(SPEC, epochs=1, batch_size=8, threads=1)
+    images = np.zeros((8, SIZE, SIZE, 3), dtype=np.uint8)
+    with pytest.raises(QuantizeError, match="no convolution or linear layer"):
+        onnx_int8_aware_finetune(
+            nn.Identity(), (images, np.zeros(8, dtype=int)), (images, np.zeros(8, dtype=int)), config
+        )
 
 
 def test_stem_convolutions_finds_none_in_a_graph_that_starts_with_another_operator():

@@ -498,6 +498,92 @@ def quantize_onnx_int8(
     return out_path
 
 
+class _ActivationFakeQuant(nn.Module):
+    """uint8 per-tensor fake quantization with onnxruntime's MinMax ranges (zero always inside), tracked by an
+    exponential moving average of the batches' ranges while training, frozen in eval mode."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+    seen: torch.Tensor
+
+    def __init__(self, momentum: float = 0.01) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("low", torch.zeros(()))
+        self.register_buffer("high", torch.zeros(()))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                low, high = x.min().clamp(max=0), x.max().clamp(min=0)
+                if not bool(self.seen):
+                    self.low.copy_(low)
+                    self.high.copy_(high)
+                    self.seen.fill_(True)
+                else:
+                    self.low.lerp_(low, self.momentum)
+                    self.high.lerp_(high, self.momentum)
+        if not bool(self.seen):
+            return x
+        scale = ((self.high - self.low) / 255).clamp(min=1e-8).reshape(1)
+        zero = torch.round(-self.low / scale).clamp(0, 255).to(torch.int32).reshape(1)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
+
+
+class _WeightFakeQuant(nn.Module):
+    """int8 per-output-channel symmetric fake quantization of a weight, as onnxruntime quantizes it ([-127, 127],
+    scale max|w| / 127). A per-channel symmetric code does not change when BatchNorm folding rescales a channel, so
+    the unfolded weight quantizes as the folded one the ONNX file holds."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, weight.dim()))
+        scale = (weight.detach().abs().amax(dim=dims) / 127).clamp(min=1e-12)
+        zero = torch.zeros_like(scale, dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -127, 127)
+
+
+def onnx_int8_aware_finetune(
+    model: nn.Module,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    config: TrainConfig,
+    *,
+    teacher: nn.Module | None = None,
+    float_stem: bool = True,
+) -> nn.Module:
+    """Quantization-aware fine-tuning for the ONNX int8 that ships: a copy of ``model`` is trained by ``train_model``
+    (``config``, distilled from ``teacher`` when given) with every convolution's and linear layer's weight and input
+    fake-quantized the way ``quantize_onnx_int8`` quantizes them (the stem convolution left fp32 with
+    ``float_stem``). Returned with the fake quantization removed: its fp32 weights, exported and quantized by
+    ``quantize_onnx_int8``, are the int8 model the fine-tune trained. ``model`` is not changed."""
+    from torch.nn.utils import parametrize
+
+    tuned = copy.deepcopy(model)
+    layers = [m for m in tuned.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not layers:
+        raise QuantizeError(f"{type(model).__name__} has no convolution or linear layer to quantize")
+    if float_stem and isinstance(layers[0], nn.Conv2d) and layers[0].in_channels == 3:
+        layers = layers[1:]
+    quantizers = nn.ModuleList()
+    hooks = []
+    for layer in layers:
+        parametrize.register_parametrization(layer, "weight", _WeightFakeQuant())
+        quantizer = _ActivationFakeQuant()
+        quantizers.append(quantizer)
+        hooks.append(layer.register_forward_pre_hook(lambda _m, args, q=quantizer: (q(args[0]), *args[1:])))
+    tuned.add_module("_int8_activations", quantizers)  # trained, saved and restored with the model's state
+    try:
+        train_model(tuned, train, val, config, teacher=teacher, progress=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for layer in layers:
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+        del tuned._int8_activations
+    return tuned.eval()
+
+
 class RunnerModel(nn.Module):
     """A ``predict`` runtime runner (onnxruntime, openvino) on an ONNX file behind the ``nn.Module`` call interface;
     a runtime that is missing or cannot load the file is a QuantizeError."""

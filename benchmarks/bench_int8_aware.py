@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from trashlib.bench import machine_info
@@ -74,9 +75,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="trashlib-bench-aware-") as tmp:
 
-        def int8(model: nn.Module, spec: ModelSpec, tag: str) -> OrtModel:
+        def int8(model: nn.Module, spec: ModelSpec, tag: str, batches: list[torch.Tensor]) -> OrtModel:
             fp32 = export_onnx(model, spec, Path(tmp) / f"{tag}.onnx")
-            batches = calibration_batches(train[0], spec, max_images=calibration_images)
             return OrtModel(quantize_onnx_int8(fp32, Path(tmp) / f"{tag}-int8.onnx", batches), args.threads)
 
         for name in args.candidates:
@@ -86,8 +86,9 @@ def main() -> None:
                 print(f"{name}: not in {run_dir}, skipped")
                 continue
             model, spec = candidate.model.eval(), candidate.spec
+            batches = calibration_batches(train[0], spec, max_images=calibration_images)  # both int8 files use them
             reference = score(f"{label} fp32", model, spec, None)
-            score(f"{label} int8", int8(model, spec, label), spec, reference)
+            score(f"{label} int8", int8(model, spec, label, batches), spec, reference)
             config = TrainConfig.for_spec(
                 spec,
                 teacher=teacher.spec if teacher else None,
@@ -102,7 +103,7 @@ def main() -> None:
             tuned = onnx_int8_aware_finetune(model, train, val, config, teacher=teacher.model if teacher else None)
             rows[-1]["finetune_s"] = time.perf_counter() - started
             tuned_logits = score(f"{label} int8-aware fp32", tuned, spec, None)
-            score(f"{label} int8-aware int8", int8(tuned, spec, f"{label}-aware"), spec, tuned_logits)
+            score(f"{label} int8-aware int8", int8(tuned, spec, f"{label}-aware", batches), spec, tuned_logits)
     out = Path("benchmarks/results") / f"int8-aware-{run_dir.name}.json"
     atomic_write_json(
         out,
